@@ -1,0 +1,3 @@
+"""segx-monai: segmentation-restricted explanations (SegX) and explanation certainty (SegU) for MONAI classifiers."""
+
+__version__ = "0.1.0"
