@@ -1,3 +1,6 @@
 """segx-monai: segmentation-restricted explanations (SegX) and explanation certainty (SegU) for MONAI classifiers."""
 
 __version__ = "0.1.0"
+
+from segx_monai import data, handlers, metrics, networks
+from segx_monai.metrics import classification

@@ -1,0 +1,37 @@
+"""Core maths: SegX (explanation restricted to the clinical region) and SegU (certainty from their overlap)."""
+
+from segx_monai.core.segu import (
+    compute_cauitc,
+    compute_ciou,
+    iou,
+    threshold_curve_area,
+    threshold_curve_iou,
+    top_fraction_iou,
+)
+from segx_monai.core.segx import (
+    VARIANTS,
+    SegXResult,
+    align_map_to_mask,
+    dilate_disk,
+    minmax_normalize,
+    per_sample_quantile,
+    segx,
+    top_fraction_mask,
+)
+
+__all__ = [
+    "VARIANTS",
+    "SegXResult",
+    "align_map_to_mask",
+    "compute_cauitc",
+    "compute_ciou",
+    "dilate_disk",
+    "iou",
+    "minmax_normalize",
+    "per_sample_quantile",
+    "segx",
+    "threshold_curve_area",
+    "threshold_curve_iou",
+    "top_fraction_iou",
+    "top_fraction_mask",
+]

@@ -22,8 +22,9 @@ def split_by_group(
 ) -> list[str]:
     """Assign every item to ``"training"``, ``"validation"`` or ``"test"`` so that items of one group share a fold.
 
-    Groups are shuffled with ``seed`` inside each stratum and the first ``round(n * test_fraction)`` go to test,
-    the next ``round(n * val_fraction)`` to validation. A group whose items disagree on their stratum is an error
+    Groups are shuffled with ``seed`` inside each stratum; the first ones go to test, the next to validation.
+    Counts are rounded on the running total over strata, so that the overall fractions hold even when every
+    stratum is small (rounding each stratum alone would give a tiny data set no validation group at all). A group whose items disagree on their stratum is an error
     (for HAM10000: one ``lesion_id`` with two diagnoses), since it cannot be stratified honestly.
     """
     if len(groups) != len(strata):
@@ -39,11 +40,14 @@ def split_by_group(
         by_stratum[stratum].append(group)
     rng = random.Random(seed)
     fold_of: dict[Hashable, str] = {}
+    seen = n_test_total = n_val_total = 0
     for stratum in sorted(by_stratum, key=str):
         members = sorted(by_stratum[stratum], key=str)
         rng.shuffle(members)
-        n_test = round(len(members) * test_fraction)
-        n_val = round(len(members) * val_fraction)
+        seen += len(members)
+        n_test = round(seen * test_fraction) - n_test_total
+        n_val = round(seen * val_fraction) - n_val_total
+        n_test_total, n_val_total = n_test_total + n_test, n_val_total + n_val
         for i, group in enumerate(members):
             fold_of[group] = FOLDS[2] if i < n_test else FOLDS[1] if i < n_test + n_val else FOLDS[0]
     return [fold_of[g] for g in groups]

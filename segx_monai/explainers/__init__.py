@@ -1,0 +1,35 @@
+"""Saliency maps for MONAI classifiers, one per (sample, class), normalised to [0, 1] at the input size.
+
+All explainers share :class:`Explainer`'s call ``explainer(inputs, targets=None) -> (B, 1, *spatial)``
+and leave the model exactly as found.
+"""
+
+from .attribution import (
+    GradientShap,
+    IntegratedGradients,
+    Occlusion,
+    build_baselines,
+    load_baselines,
+    save_baselines,
+)
+from .base import Explainer, InputAttributionExplainer, explain_positive_classes
+from .cam import CAM, GradCAM, GradCAMpp, default_target_layer
+from .registry import EXPLAINERS, get_explainer
+
+__all__ = [
+    "CAM",
+    "EXPLAINERS",
+    "Explainer",
+    "GradCAM",
+    "GradCAMpp",
+    "GradientShap",
+    "InputAttributionExplainer",
+    "IntegratedGradients",
+    "Occlusion",
+    "build_baselines",
+    "default_target_layer",
+    "explain_positive_classes",
+    "get_explainer",
+    "load_baselines",
+    "save_baselines",
+]

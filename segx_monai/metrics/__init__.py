@@ -1,0 +1,37 @@
+"""Metrics: localisation of explanations against ground truth, and evaluation of certainty scores."""
+
+from segx_monai.metrics.certainty import (
+    CorrectnessMeans,
+    RiskCoverage,
+    correctness_auroc,
+    mean_by_correctness,
+    risk_coverage_curve,
+)
+from segx_monai.metrics.localization import (
+    AUITCMetric,
+    HitRateMetric,
+    IoUAtQMetric,
+    PerSampleScoreMetric,
+    RelevanceMassMetric,
+    compute_auitc,
+    compute_hit,
+    compute_iou_at_q,
+    compute_relevance_mass,
+)
+
+__all__ = [
+    "AUITCMetric",
+    "CorrectnessMeans",
+    "HitRateMetric",
+    "IoUAtQMetric",
+    "PerSampleScoreMetric",
+    "RelevanceMassMetric",
+    "RiskCoverage",
+    "compute_auitc",
+    "compute_hit",
+    "compute_iou_at_q",
+    "compute_relevance_mass",
+    "correctness_auroc",
+    "mean_by_correctness",
+    "risk_coverage_curve",
+]

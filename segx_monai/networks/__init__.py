@@ -1,0 +1,3 @@
+"""Networks of the bundles."""
+
+from segx_monai.networks import classifiers

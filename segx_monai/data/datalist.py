@@ -1,0 +1,83 @@
+"""Datalists written once and read by every workflow: one saved split per data set, never redrawn."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.data import load_decathlon_datalist
+
+
+class DatasetError(ValueError):
+    """A data set file, row or folder that is not what the indexer expects; the message names it."""
+
+
+def find_files(root: Path, suffixes: Sequence[str], by_name: bool = False) -> dict[str, Path]:
+    """Files below ``root`` ending in one of ``suffixes``, keyed by file name (``by_name``) or by name minus the suffix.
+
+    The same key found in two folders is an error: a file copied twice would otherwise be indexed at random.
+    """
+    found: dict[str, Path] = {}
+    lowered = tuple(s.lower() for s in suffixes)
+    for folder, _, names in os.walk(root):
+        for name in names:
+            low = name.lower()
+            suffix = next((s for s in lowered if low.endswith(s)), None)
+            if suffix is None:
+                continue
+            key = name if by_name else name[: -len(suffix)]
+            path = Path(folder) / name
+            if key in found:
+                raise DatasetError(f"{key!r} found twice: {found[key]} and {path}; expected each file once below {root}.")
+            found[key] = path
+    return found
+
+
+def datalist_path(bundle_root: str | Path, dataset_dir: str | Path) -> Path:
+    """Where a bundle keeps the split of ``dataset_dir``: one file per data set folder, so switching data sets never mixes splits."""
+    resolved = Path(dataset_dir).resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    return Path(bundle_root) / "datalists" / f"{resolved.name}-{digest}.json"
+
+
+def write_datalist_once(path: str | Path, items: Sequence[dict], folds: Sequence[str], labels: Sequence[str], meta: dict) -> Path:
+    """Write ``{"training", "validation", "test", "labels", "meta"}`` to ``path`` unless it exists (atomic, safe between processes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {fold: [i for i, f in zip(items, folds) if f == fold] for fold in ("training", "validation", "test")}
+    content.update(labels=list(labels), meta=meta)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(content, f, indent=1)
+    try:
+        os.link(f.name, path)  # fails if another process wrote the split first: theirs is kept
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(f.name)
+    return path
+
+
+def load_fold(datalist_file: str | Path, fold: str, dataset_dir: str | Path, require: str | None = None) -> list[dict]:
+    """The items of one fold with paths made absolute against ``dataset_dir``; only those having key ``require`` if given."""
+    items = load_decathlon_datalist(str(datalist_file), is_segmentation=False, data_list_key=fold, base_dir=str(dataset_dir))
+    if require is not None:
+        items = [i for i in items if require in i]
+    if not items:
+        raise DatasetError(f"{datalist_file}: fold {fold!r} has no items{f' with a {require!r}' if require else ''}.")
+    return items
+
+
+def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class weights ``N / (K * n_k)`` for an imbalanced single-label training set (classes absent from it get weight 0)."""
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_classes).double()
+    return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), 0.0).float()
+
+
+def segmentation_items(items: Sequence[dict], mask_key: str = "mask") -> list[dict]:
+    """``{"image", "label"}`` pairs for a segmenter (MONAI's and MONAI Label's key names) from items that have ``mask_key``."""
+    return [{"image": i["image"], "label": i[mask_key]} for i in items if mask_key in i]

@@ -1,0 +1,209 @@
+"""Input-attribution explainers (GradientSHAP, Integrated Gradients, Occlusion) and GradientSHAP baselines."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import captum.attr
+import torch
+from monai.networks.layers import gaussian_1d, separable_filtering
+from torch import Tensor, nn
+
+from .base import InputAttributionExplainer, selected_scores
+
+REFERENCES = ("zeros", "blur")
+
+
+def _check_reference(kind: str) -> str:
+    if kind not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {kind!r}")
+    return kind
+
+
+def reference_images(inputs: Tensor, kind: str, blur_sigma: float) -> Tensor:
+    """Per-input reference: ``"zeros"`` (all-zero image) or ``"blur"`` (Gaussian blur, sigma in pixels)."""
+    if _check_reference(kind) == "zeros":
+        return torch.zeros_like(inputs)
+    kernel = gaussian_1d(torch.tensor(float(blur_sigma)), truncated=4.0).to(inputs)
+    # replicate padding: zero padding would darken the borders of the reference
+    return separable_filtering(inputs, [kernel] * (inputs.ndim - 2), mode="replicate")
+
+
+def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    """Gradient of each sample's target logit with respect to its input (one forward, one backward)."""
+    inputs = inputs.detach().requires_grad_()
+    return torch.autograd.grad(selected_scores(model(inputs), targets).sum(), inputs)[0]
+
+
+class GradientShap(InputAttributionExplainer):
+    """GradientSHAP / expected gradients: mean over draws of ``(x - b) * d logit/dx`` at ``b + alpha (x - b)``.
+
+    The estimator of captum's ``GradientShap`` (and shap's ``GradientExplainer``, as published: the
+    50 reference images, ``n_samples=50``, ``stdevs=0``), hand-written because captum draws baselines
+    and alpha from NumPy's global RNG per expanded row, so its maps change with batch composition and
+    chunking. Map = channel mean of ``|attribution|``.
+
+    ``baselines``: a reference set ``(N, C, *spatial)`` (e.g. from :func:`build_baselines`), or
+    ``"zeros"``/``"blur"`` for one reference per input. ``stdevs``: std of Gaussian noise added to the
+    input at each draw (absolute units, as in captum).
+    Randomness: for draw ``s = 0 .. n_samples-1`` the baseline index, ``alpha ~ U[0, 1)`` and the noise
+    come from a CPU ``torch.Generator`` seeded with ``seed`` and are shared by all images of the batch,
+    so a map depends only on (image, target, seed), never on batch, ``chunk_size`` or device; global
+    RNGs are not touched. Chunking: ``chunk_size`` draws per forward pass, i.e. batches of at most
+    ``B * chunk_size``, whatever ``n_samples``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        baselines: Tensor | str = "zeros",
+        n_samples: int = 50,
+        stdevs: float = 0.0,
+        chunk_size: int = 10,
+        seed: int = 0,
+        blur_sigma: float = 5.0,
+    ) -> None:
+        super().__init__(model)
+        if isinstance(baselines, str):
+            _check_reference(baselines)
+        elif baselines.ndim < 3 or len(baselines) == 0:
+            raise ValueError(f"baselines must be a non-empty (N, C, *spatial) tensor, got {tuple(baselines.shape)}")
+        if n_samples < 1 or chunk_size < 1:
+            raise ValueError("n_samples and chunk_size must be positive")
+        self.baselines = baselines
+        self.n_samples = n_samples
+        self.stdevs = stdevs
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.blur_sigma = blur_sigma
+
+    def _draw(self, n_references: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Baseline indices ``(n_samples,)`` and interpolation coefficients ``(n_samples,)``."""
+        index = torch.randint(n_references, (self.n_samples,), generator=generator)
+        return index, torch.rand(self.n_samples, generator=generator)
+
+    def _references(self, inputs: Tensor) -> Tensor:
+        """References as ``(N, 1, C, *s)`` (a shared set) or ``(1, B, C, *s)`` (one per input)."""
+        if isinstance(self.baselines, str):
+            return reference_images(inputs, self.baselines, self.blur_sigma)[None]
+        if self.baselines.shape[1:] != inputs.shape[1:]:
+            raise ValueError(
+                f"baselines have shape {tuple(self.baselines.shape[1:])} per image, inputs {tuple(inputs.shape[1:])}"
+            )
+        return self.baselines.to(inputs)[:, None]
+
+    def attribute_inputs(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        references = self._references(inputs)
+        generator = torch.Generator().manual_seed(self.seed)
+        index, alpha = self._draw(len(references), generator)
+        index, alpha = index.to(inputs.device), alpha.to(inputs)
+        total = torch.zeros_like(inputs)
+        for start in range(0, self.n_samples, self.chunk_size):
+            draws = slice(start, start + self.chunk_size)
+            count = len(index[draws])
+            points = inputs.expand(count, *inputs.shape)
+            if self.stdevs:
+                # one call per draw keeps the noise stream independent of the chunk size
+                noise = torch.stack([torch.randn(inputs.shape[1:], generator=generator) for _ in range(count)])
+                points = points + self.stdevs * noise[:, None].to(inputs)
+            base = references[index[draws]]
+            delta = points - base
+            scaled = base + alpha[draws].view(-1, *[1] * inputs.ndim) * delta
+            grads = input_gradients(self.model, scaled.flatten(0, 1), targets.repeat(count))
+            total += (grads.view_as(delta) * delta).sum(dim=0)
+        return total / self.n_samples
+
+
+class IntegratedGradients(InputAttributionExplainer):
+    """captum ``IntegratedGradients`` from a ``"zeros"`` or ``"blur"`` reference; map = channel mean of |attr|.
+
+    ``chunk_size`` path steps are evaluated per forward pass (batches of at most ``B * chunk_size``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        baselines: str = "zeros",
+        n_steps: int = 50,
+        chunk_size: int = 10,
+        blur_sigma: float = 5.0,
+    ) -> None:
+        super().__init__(model)
+        self.baselines = _check_reference(baselines)
+        self.n_steps = n_steps
+        self.chunk_size = chunk_size
+        self.blur_sigma = blur_sigma
+
+    def attribute_inputs(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return captum.attr.IntegratedGradients(self.model).attribute(
+            inputs,
+            baselines=reference_images(inputs, self.baselines, self.blur_sigma),
+            target=targets,
+            n_steps=self.n_steps,
+            internal_batch_size=self.chunk_size * len(inputs),
+        )
+
+
+class Occlusion(InputAttributionExplainer):
+    """captum ``Occlusion``: drop of the target logit when a window (all channels) is replaced by the reference.
+
+    ``window``/``stride`` in pixels (voxels), the window clipped to the image; ``perturbations_per_eval``
+    windows are evaluated per forward pass. Map = positive part of the drop: hiding evidence for the class
+    lowers its logit, while hiding evidence against it gives negative values, which are discarded.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int = 16,
+        stride: int = 8,
+        baselines: str = "zeros",
+        perturbations_per_eval: int = 1,
+        blur_sigma: float = 5.0,
+    ) -> None:
+        super().__init__(model)
+        self.window = window
+        self.stride = stride
+        self.baselines = _check_reference(baselines)
+        self.perturbations_per_eval = perturbations_per_eval
+        self.blur_sigma = blur_sigma
+
+    def attribute_inputs(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        channels, spatial = inputs.shape[1], inputs.shape[2:]
+        return captum.attr.Occlusion(self.model).attribute(
+            inputs,
+            sliding_window_shapes=(channels, *(min(self.window, size) for size in spatial)),
+            strides=(channels, *[self.stride] * len(spatial)),
+            baselines=reference_images(inputs, self.baselines, self.blur_sigma),
+            target=targets,
+            perturbations_per_eval=self.perturbations_per_eval,
+        )
+
+    def reduce(self, attributions: Tensor) -> Tensor:
+        return torch.relu(attributions.mean(dim=1, keepdim=True))
+
+
+def build_baselines(dataset: Sequence, n: int = 50, key: str = "image", seed: int = 0) -> Tensor:
+    """Stack ``n`` images drawn without replacement (seeded) from ``dataset`` into a GradientShap reference set.
+
+    Draw them from the training split so that the set is fixed and disjoint from the evaluated images;
+    items may be images or mappings holding the image under ``key`` (MONAI dictionary datasets).
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    items = (dataset[int(i)] for i in order)
+    images = [item[key] if isinstance(item, Mapping) else item for item in items]
+    return torch.stack([torch.as_tensor(image).as_subclass(Tensor) for image in images])
+
+
+def save_baselines(images: Tensor, path: str | os.PathLike) -> None:
+    """Save a reference set ``(N, C, *spatial)`` as a plain CPU tensor (loadable with ``weights_only=True``)."""
+    torch.save(images.detach().as_subclass(Tensor).cpu().clone(), path)
+
+
+def load_baselines(path: str | os.PathLike) -> Tensor:
+    """Load a reference set saved by :func:`save_baselines` onto the CPU."""
+    images = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{path} does not hold a tensor")
+    return images

@@ -1,0 +1,32 @@
+"""Explainers by name, for code and MONAI bundle configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .attribution import GradientShap, IntegratedGradients, Occlusion
+from .base import Explainer
+from .cam import GradCAM, GradCAMpp
+
+EXPLAINERS: dict[str, type[Explainer]] = {
+    "gradcam": GradCAM,
+    "gradcampp": GradCAMpp,
+    "gradient_shap": GradientShap,
+    "integrated_gradients": IntegratedGradients,
+    "occlusion": Occlusion,
+}
+
+
+def get_explainer(name: str, model: nn.Module, **kwargs: Any) -> Explainer:
+    """Build the explainer registered as ``name`` for ``model``; ``kwargs`` go to its constructor.
+
+    In a bundle config: ``{"_target_": "segx_monai.explainers.get_explainer", "name": "gradcam",
+    "model": "@network", "target_layer": "class_layers.relu"}``.
+    """
+    try:
+        cls = EXPLAINERS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown explainer {name!r}; valid names: {', '.join(EXPLAINERS)}") from None
+    return cls(model, **kwargs)

@@ -1,0 +1,131 @@
+"""Interpretability metrics: how well explanation maps localise the ground-truth clinical region G (METHOD.md §4).
+
+Plain batched functions ``compute_*`` (maps and G as ``(B, 1, *spatial)``, result ``(B,)``) and cumulative MONAI
+metrics over them. A sample with an empty G is undefined (NaN) for every metric and is skipped by ``aggregate``.
+IoU@q and AUITC are the SegU formulas (``segx_monai.core.segu``) applied to G instead of the predicted mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from monai.metrics import CumulativeIterationMetric
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
+
+from segx_monai.core.segu import threshold_curve_area, top_fraction_iou
+from segx_monai.core.segx import align_map_to_mask
+
+
+def _undefined_where_empty(scores: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Set the scores of samples with an empty ground truth to NaN."""
+    return scores.where(gt.flatten(1).bool().any(dim=1), float("nan"))
+
+
+def compute_iou_at_q(maps: torch.Tensor, gt: torch.Tensor, q: float = 0.05) -> torch.Tensor:
+    """IoU@q (paper Eq. 11): IoU of each map's top fraction ``q`` with G, ``(B,)``; NaN where G is empty."""
+    return top_fraction_iou(maps, gt, q)
+
+
+def compute_auitc(maps: torch.Tensor, gt: torch.Tensor, n_thresholds: int = 101) -> torch.Tensor:
+    """AUITC (paper Eq. 12): trapezoid area under IoU(1[E_n >= t], G) on ``linspace(0, 1, n_thresholds)``, ``(B,)``.
+
+    E_n is the per-sample min-max normalised map; NaN where G is empty. See ``threshold_curve_area``.
+    """
+    return threshold_curve_area(maps, gt, n_thresholds)
+
+
+def compute_hit(maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Pointing game (cheXlocalize convention): 1 if the map's maximum lies in G, else 0, ``(B,)``; NaN for an empty G.
+
+    On ties the first maximum in row-major order wins (``torch.argmax``), so a constant map points at the first
+    pixel. Maps of another size are first resampled to G (see ``align_map_to_mask``).
+    """
+    maps = align_map_to_mask(maps, gt)
+    peak = maps.flatten(1).argmax(dim=1, keepdim=True)
+    hit = gt.flatten(1).bool().gather(1, peak)[:, 0].to(maps.dtype)
+    return _undefined_where_empty(hit, gt)
+
+
+def compute_relevance_mass(maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Relevance mass: share of the map's total relevance inside G, Σ E·G / Σ E, ``(B,)``.
+
+    NaN where G is empty, and where the map is all zero (Σ E = 0: no relevance to share).
+    """
+    maps = align_map_to_mask(maps, gt)
+    relevance = maps.flatten(1)
+    total = relevance.sum(dim=1)
+    inside = (relevance * gt.flatten(1).bool()).sum(dim=1)
+    mass = (inside / total).where(total > 0, float("nan"))
+    return _undefined_where_empty(mass, gt)
+
+
+class PerSampleScoreMetric(CumulativeIterationMetric):
+    """Accumulate a per-sample score ``score_fn(y_pred, y) -> (B,)`` over iterations; reduce skipping NaN samples.
+
+    ``aggregate`` uses MONAI's ``do_metric_reduction``: with the default ``"mean"`` it returns the mean of the
+    defined samples (0 when none is defined) and, with ``get_not_nans=True``, also how many samples were defined
+    (the buffer length minus that is the number of undefined ones). ``get_buffer()`` keeps every per-sample score.
+    """
+
+    def __init__(
+        self,
+        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__()
+        self.score_fn = score_fn
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Score one batch of maps ``y_pred`` against ground truths ``y``, as a ``(B, 1)`` buffer entry."""
+        return self.score_fn(y_pred, y).unsqueeze(1)
+
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Reduce the buffered scores, NaN samples excluded; ``(score, not_nans)`` when ``get_not_nans`` is set."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"the data to aggregate must be a PyTorch Tensor, got {type(data)}.")
+        score, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return (score, not_nans) if self.get_not_nans else score
+
+
+class IoUAtQMetric(PerSampleScoreMetric):
+    """Cumulative IoU@q of explanation maps against ground-truth masks (``compute_iou_at_q``)."""
+
+    def __init__(
+        self, q: float = 0.05, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False
+    ) -> None:
+        super().__init__(partial(compute_iou_at_q, q=q), reduction, get_not_nans)
+
+
+class AUITCMetric(PerSampleScoreMetric):
+    """Cumulative AUITC of explanation maps against ground-truth masks (``compute_auitc``)."""
+
+    def __init__(
+        self,
+        n_thresholds: int = 101,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(partial(compute_auitc, n_thresholds=n_thresholds), reduction, get_not_nans)
+
+
+class HitRateMetric(PerSampleScoreMetric):
+    """Cumulative pointing-game hit rate of explanation maps against ground-truth masks (``compute_hit``)."""
+
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
+        super().__init__(compute_hit, reduction, get_not_nans)
+
+
+class RelevanceMassMetric(PerSampleScoreMetric):
+    """Cumulative relevance mass of explanation maps inside ground-truth masks (``compute_relevance_mass``)."""
+
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
+        super().__init__(compute_relevance_mass, reduction, get_not_nans)

@@ -1,0 +1,296 @@
+"""Tests of segx_monai.explainers: exactness against direct computations, batching, model safety."""
+
+from __future__ import annotations
+
+import captum.attr
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet121, ResNet
+from torch import nn
+
+from segx_monai.explainers import (
+    EXPLAINERS,
+    GradCAM,
+    GradCAMpp,
+    GradientShap,
+    build_baselines,
+    default_target_layer,
+    explain_positive_classes,
+    get_explainer,
+    load_baselines,
+    save_baselines,
+)
+
+N_CLASSES = 3
+MODES = {2: "bilinear", 3: "trilinear"}
+
+
+class TinyNet(nn.Module):
+    """conv-BN-ReLU(inplace)-conv-ReLU(inplace) -> mean -> dropout -> linear; can raise after the forward."""
+
+    def __init__(self, dims: int = 2, in_channels: int = 2) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
+        self.features = nn.Sequential(
+            conv(in_channels, 4, 3, padding=1), norm(4), nn.ReLU(inplace=True),
+            conv(4, 6, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.dropout = nn.Dropout(0.5)
+        self.head = nn.Linear(6, N_CLASSES)
+        self.fail = False
+        with torch.no_grad():
+            self.features[1].running_mean.uniform_(-0.5, 0.5)
+            self.features[1].running_var.uniform_(0.5, 2.0)
+
+    def from_layer(self, a: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits from the output ``a`` of ``features[k - 1]``."""
+        return self.head(self.dropout(self.features[k:](a).flatten(2).mean(2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.from_layer(x, 0)
+        if self.fail:
+            raise RuntimeError("boom")
+        return logits
+
+
+def make_net(dims: int = 2) -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet(dims)
+
+
+def make_inputs(batch: int = 4, dims: int = 2, size: int = 16) -> torch.Tensor:
+    return torch.randn(batch, 2, *[size] * dims, generator=torch.Generator().manual_seed(1))
+
+
+def small_kwargs(name: str) -> dict:
+    """Cheap settings per registered explainer for the tiny net."""
+    return {
+        "gradcam": {"target_layer": "features.2"},
+        "gradcampp": {"target_layer": "features.2"},
+        "gradient_shap": {"baselines": make_inputs(5, size=16) * 0.5, "n_samples": 12, "chunk_size": 5},
+        "integrated_gradients": {"n_steps": 12, "chunk_size": 5},
+        "occlusion": {"window": 4, "stride": 4},
+    }[name]
+
+
+def direct_cam(net: TinyNet, x: torch.Tensor, targets: list[int], k: int, plus_plus: bool) -> torch.Tensor:
+    """Grad-CAM / Grad-CAM++ one sample at a time from the textbook formulas, A = output of features[k - 1]."""
+    net.eval()
+    dims = tuple(range(2, x.ndim))
+    maps = []
+    for i, target in enumerate(targets):
+        a = net.features[:k](x[i : i + 1]).detach().requires_grad_()
+        # clone: the next op may be in place
+        (g,) = torch.autograd.grad(net.from_layer(a.clone(), k)[0, target], a)
+        if plus_plus:
+            alpha = g**2 / (2 * g**2 + a.sum(dims, keepdim=True) * g**3)
+            alpha = torch.where(g == 0, torch.zeros_like(alpha), alpha)
+            w = (alpha * g.clamp(min=0)).sum(dims, keepdim=True)
+        else:
+            w = g.mean(dims, keepdim=True)
+        cam = (w * a).sum(1, keepdim=True).clamp(min=0).detach()
+        cam = F.interpolate(cam, size=x.shape[2:], mode=MODES[len(dims)], align_corners=False)
+        maps.append((cam - cam.min()) / (cam.max() - cam.min()))
+    return torch.cat(maps)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("k", [2, 3])  # batch-norm output (then overwritten by an in-place ReLU), in-place ReLU
+@pytest.mark.parametrize("cls, plus_plus", [(GradCAM, False), (GradCAMpp, True)])
+def test_cam_matches_direct_computation(cls, plus_plus, k, dims):
+    net, x = make_net(dims), make_inputs(3, dims, size=12)
+    targets = [0, 2, 1]
+    maps = cls(net, target_layer=net.features[k - 1])(x, torch.tensor(targets))
+    assert maps.shape == (3, 1, *x.shape[2:])
+    torch.testing.assert_close(maps, direct_cam(net, x, targets, k, plus_plus), atol=1e-5, rtol=1e-4)
+
+
+def test_targets_none_int_and_tensor():
+    net, x = make_net(), make_inputs()
+    cam = GradCAM(net, "features.2")
+    net.eval()
+    predicted = net(x).argmax(1)
+    torch.testing.assert_close(cam(x), cam(x, predicted))
+    torch.testing.assert_close(cam(x, 2), cam(x, torch.full((4,), 2)))
+    torch.testing.assert_close(cam(x, [0, 1, 2, 0]), cam(x, torch.tensor([0, 1, 2, 0])))
+    with pytest.raises(ValueError, match="shape"):
+        cam(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="targets must lie"):
+        cam(x, N_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+def test_batched_equals_single(name):
+    net, x = make_net(), make_inputs()
+    explainer = get_explainer(name, net, **small_kwargs(name))
+    for targets in (None, torch.tensor([2, 0, 1, 1])):
+        batched = explainer(x, targets)
+        per_sample = [None] * 4 if targets is None else targets.split(1)
+        singles = torch.cat([explainer(x[i : i + 1], per_sample[i]) for i in range(4)])
+        assert batched.shape == (4, 1, 16, 16)
+        torch.testing.assert_close(batched, singles, atol=1e-5, rtol=1e-4)
+        assert batched.amin() >= 0 and torch.allclose(batched.flatten(1).amax(1), torch.ones(4))
+
+
+def _snapshot(net: nn.Module) -> dict:
+    return {
+        "params": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "requires_grad": {k: p.requires_grad for k, p in net.named_parameters()},
+        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in net.named_parameters()},
+        "training": {k: m.training for k, m in net.named_modules()},
+        "inplace": {k: m.inplace for k, m in net.named_modules() if hasattr(m, "inplace")},
+    }
+
+
+def _assert_untouched(net: nn.Module, before: dict) -> None:
+    after = _snapshot(net)
+    for key in ("requires_grad", "training", "inplace"):
+        assert after[key] == before[key], key
+    for group in ("params", "grads"):
+        for k, v in before[group].items():
+            assert (v is None and after[group][k] is None) or torch.equal(v, after[group][k]), (group, k)
+    for module in net.modules():
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            assert not getattr(module, hooks), hooks
+    for p in net.parameters():
+        assert not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
+    assert not nn.modules.module._global_forward_hooks and not nn.modules.module._global_backward_hooks
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+def test_model_and_input_left_untouched(name):
+    net, x = make_net(), make_inputs()
+    net.train()
+    net.features[1].eval()  # a frozen batch-norm inside a training model
+    net.head.bias.requires_grad_(False)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p)
+    before, x_before = _snapshot(net), x.clone()
+    explainer = get_explainer(name, net, **small_kwargs(name))
+    with torch.no_grad():  # e.g. inside an evaluation loop
+        maps = explainer(x)
+    assert torch.isfinite(maps).all()
+    _assert_untouched(net, before)
+    assert torch.equal(x, x_before) and not x.requires_grad
+
+    net.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        explainer(x, 1)
+    _assert_untouched(net, before)
+    assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_constant_inputs_give_finite_maps(name, value):
+    net = make_net()
+    maps = get_explainer(name, net, **small_kwargs(name))(torch.full((2, 2, 16, 16), value))
+    assert torch.isfinite(maps).all() and maps.amin() >= 0 and maps.amax() <= 1
+
+
+def test_zero_attribution_gives_zero_map():
+    net = make_net()
+    maps = GradientShap(net, "zeros", n_samples=4)(torch.zeros(2, 2, 16, 16))
+    assert torch.equal(maps, torch.zeros_like(maps))
+
+
+def test_default_target_layer_monai_densenet_and_resnet():
+    densenet = DenseNet121(
+        spatial_dims=2, in_channels=1, out_channels=N_CLASSES, init_features=8, growth_rate=4, block_config=(2, 2)
+    )
+    resnet = ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=2, n_input_channels=1, num_classes=N_CLASSES)
+    assert default_target_layer(densenet) is densenet.class_layers.relu
+    assert default_target_layer(resnet) is resnet.layer4
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    for net, name in ((densenet, "class_layers.relu"), (resnet, "layer4")):
+        maps = GradCAM(net)(x, torch.tensor([0, 2]))
+        assert maps.shape == (2, 1, 32, 32) and torch.allclose(maps.flatten(1).amax(1), torch.ones(2))
+        torch.testing.assert_close(maps, GradCAM(net, name)(x, torch.tensor([0, 2])))
+    with pytest.raises(ValueError, match="target_layer"):
+        default_target_layer(make_net())
+
+
+def test_gradcam_3d_densenet():
+    net = DenseNet121(
+        spatial_dims=3, in_channels=1, out_channels=N_CLASSES, init_features=4, growth_rate=4, block_config=(1, 1)
+    )
+    maps = GradCAMpp(net)(torch.randn(2, 1, 16, 16, 16), 1)
+    assert maps.shape == (2, 1, 16, 16, 16) and torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("stdevs", [0.0, 0.3])
+def test_gradient_shap_chunking_is_exact(stdevs):
+    net, x = make_net(), make_inputs(3)
+    refs = make_inputs(6) * 0.5
+    targets = torch.tensor([0, 1, 2])
+    def shap(chunk_size: int, seed: int = 7) -> torch.Tensor:
+        return GradientShap(net, refs, n_samples=20, stdevs=stdevs, chunk_size=chunk_size, seed=seed)(x, targets)
+
+    unchunked = shap(20)
+    for chunk_size in (1, 7, 50):
+        torch.testing.assert_close(shap(chunk_size), unchunked, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(shap(20, seed=8), unchunked)
+
+
+def test_gradient_shap_forward_batches_are_bounded():
+    net, x = make_net(), make_inputs(3)
+    sizes = []
+    handle = net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        GradientShap(net, make_inputs(5), n_samples=50, chunk_size=8)(x, torch.tensor([0, 1, 2]))
+    finally:
+        handle.remove()
+    assert max(sizes) == 3 * 8 and sum(sizes) == 3 * 50
+
+
+def test_gradient_shap_equals_captum_for_the_same_draws(monkeypatch):
+    """Feed captum's GradientShap the draws of ours (captum takes them from np.random) and compare."""
+    net, x, refs = make_net().eval(), make_inputs(2), make_inputs(5)
+    targets = torch.tensor([2, 0])
+    index, alpha = np.array([3, 0, 4, 4, 1, 2]), np.array([0.1, 0.9, 0.5, 0.33, 0.75, 0.2])
+
+    class FixedDraws(GradientShap):
+        def _draw(self, n_references, generator):
+            return torch.from_numpy(index), torch.from_numpy(alpha).float()
+
+    ours = FixedDraws(net, refs, n_samples=6, chunk_size=4).attribute_inputs(x, targets)
+    # captum lays rows out as (sample, draw) and draws per row
+    monkeypatch.setattr(np.random, "choice", lambda n, size: np.tile(index, 2))
+    monkeypatch.setattr(np.random, "uniform", lambda low, high, size: np.tile(alpha, 2))
+    theirs = captum.attr.GradientShap(net).attribute(x, refs, n_samples=6, stdevs=0.0, target=targets)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_explain_positive_classes_one_map_per_pair():
+    net, x = make_net(), make_inputs(3)
+    cam = GradCAM(net, "features.2")
+    positive = torch.tensor([[True, False, True], [False, False, False], [False, True, False]])
+    maps, sample_idx, class_idx = explain_positive_classes(cam, x, positive)
+    assert maps.shape == (3, 1, 16, 16)
+    assert sample_idx.tolist() == [0, 0, 2] and class_idx.tolist() == [0, 2, 1]
+    for n, (i, k) in enumerate(zip(sample_idx.tolist(), class_idx.tolist())):
+        torch.testing.assert_close(maps[n : n + 1], cam(x[i : i + 1], k))
+    empty, _, _ = explain_positive_classes(cam, x, torch.zeros(3, 3, dtype=torch.bool))
+    assert empty.shape == (0, 1, 16, 16)
+
+
+def test_registry():
+    net = make_net()
+    for name, cls in EXPLAINERS.items():
+        assert type(get_explainer(name, net, **small_kwargs(name))) is cls
+    assert get_explainer("GradCAM", net, target_layer="features.2").target_layer is net.features[2]
+    with pytest.raises(ValueError, match="gradcam, gradcampp, gradient_shap, integrated_gradients, occlusion"):
+        get_explainer("lime", net)
+
+
+def test_baselines_build_save_load(tmp_path):
+    dataset = [{"image": np.full((2, 4, 4), i, dtype=np.float32), "label": i} for i in range(10)]
+    refs = build_baselines(dataset, n=4, seed=3)
+    assert refs.shape == (4, 2, 4, 4) and len(set(refs[:, 0, 0, 0].tolist())) == 4
+    assert torch.equal(refs, build_baselines(dataset, n=4, seed=3))
+    save_baselines(refs, tmp_path / "baselines.pt")
+    assert torch.equal(load_baselines(tmp_path / "baselines.pt"), refs)
