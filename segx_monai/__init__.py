@@ -2,5 +2,4 @@
 
 __version__ = "0.1.0"
 
-from segx_monai import data, handlers, metrics, networks
-from segx_monai.metrics import classification
+from segx_monai import core, data, explainers, handlers, io, metrics, networks

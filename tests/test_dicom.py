@@ -14,14 +14,15 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
+    BasicTextSRStorage,
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     MPEG2MPML,
-    BasicTextSRStorage,
     SecondaryCaptureImageStorage,
-    UID,
     generate_uid,
 )
 
@@ -265,6 +266,19 @@ def test_rgb_jpeg_ybr_full_422_reads_as_rgb(tmp_path):
     image, meta = read_dicom(tmp_path / "derm.dcm")
     assert image.shape == RGB.shape and meta["PhotometricInterpretation"] == "YBR_FULL_422"
     assert np.abs(image - RGB / 255).mean() < 2 / 255
+
+
+def test_rgb_jpeg2000_ybr_rct_reads_as_rgb(tmp_path):
+    """Lossless JPEG 2000 with the reversible colour transform (YBR_RCT) comes back as the exact RGB."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.set_pixel_data(RGB, "RGB", 8, generate_instance_uid=False)
+    ds.compress(JPEG2000Lossless, use_mct=True, generate_instance_uid=False)
+    ds.PhotometricInterpretation = "YBR_RCT"
+    ds.save_as(tmp_path / "derm.dcm", enforce_file_format=True)
+    image, _ = read_dicom(tmp_path / "derm.dcm")
+    np.testing.assert_array_equal(np.rint(image * 255).astype(np.uint8), RGB)
 
 
 def test_secondary_capture_in_a_new_series_of_the_study(tmp_path):

@@ -23,7 +23,7 @@ def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def threshold_curve_iou(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """IoU of ``1[maps >= t]`` with ``masks`` for every threshold t, ``(B, T)``; NaN on the rows of empty masks.
+    """IoU of 1[maps >= t] with the masks for each t of the ``(T,)`` thresholds: ``(B, T)``, NaN rows for empty masks.
 
     Each sample is sorted once and all thresholds are located with ``torch.searchsorted``: memory stays O(pixels)
     rather than the O(T x pixels) of broadcasting every threshold (101 x 1024² x B booleans).

@@ -81,3 +81,17 @@ def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> torch.
 def segmentation_items(items: Sequence[dict], mask_key: str = "mask") -> list[dict]:
     """``{"image", "label"}`` pairs for a segmenter (MONAI's and MONAI Label's key names) from items that have ``mask_key``."""
     return [{"image": i["image"], "label": i[mask_key]} for i in items if mask_key in i]
+
+
+def image_items(inputs: str | Path | Sequence[str | Path], suffixes: Sequence[str] = (".jpg", ".jpeg", ".png", ".dcm")) -> list[dict]:
+    """``{"image", "image_id"}`` items for inference from a folder (searched recursively) or a list of image files."""
+    if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
+        paths = sorted(p for p in Path(inputs).rglob("*") if p.suffix.lower() in suffixes)
+        if not paths:
+            raise DatasetError(f"{inputs}: no images ({'/'.join(suffixes)}) found in it or its sub-folders.")
+    else:
+        paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DatasetError(f"input image(s) not found: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [{"image": str(p), "image_id": p.stem} for p in paths]

@@ -82,7 +82,7 @@ def dicom_datalist(folder: str | os.PathLike) -> list[dict]:
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
     items, skipped = [], 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in (p for p in folder.rglob("*") if p.is_file()):
         ds = _open(path, stop_before_pixels=True) if is_dicom(path) else None
         if ds is None or "Rows" not in ds:
             skipped += 1

@@ -1,5 +1,6 @@
 """Metrics: localisation of explanations against ground truth, and evaluation of certainty scores."""
 
+from segx_monai.metrics import classification
 from segx_monai.metrics.certainty import (
     CorrectnessMeans,
     RiskCoverage,
@@ -20,6 +21,7 @@ from segx_monai.metrics.localization import (
 )
 
 __all__ = [
+    "classification",
     "AUITCMetric",
     "CorrectnessMeans",
     "HitRateMetric",

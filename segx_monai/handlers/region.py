@@ -1,0 +1,40 @@
+"""Run the segmenter inside a classifier's evaluator, on the very batch the classifier saw."""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+from monai.inferers import Inferer, SimpleInferer
+from monai.networks.utils import eval_mode
+
+
+class RegionSegmentation:
+    """Adds the clinical-region probability ``(1, *spatial)`` of each sample to ``engine.state.output[i][output_key]``.
+
+    The segmenter runs in eval mode (batch-norm on running statistics) under ``no_grad``, batched, on the items'
+    ``image_key`` tensors, i.e. the classifier's own preprocessed input, so map and mask share one grid.
+    """
+
+    def __init__(
+        self,
+        segmenter: torch.nn.Module,
+        region_channel: int = 1,
+        output_key: str = "region_prob",
+        image_key: str = "image",
+        inferer: Inferer | None = None,
+    ) -> None:
+        self.segmenter, self.region_channel, self.output_key, self.image_key = segmenter, region_channel, output_key, image_key
+        self.inferer = inferer or SimpleInferer()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        items = engine.state.output
+        images = torch.stack([item[self.image_key] for item in items])
+        with eval_mode(self.segmenter), torch.no_grad():
+            logits = self.inferer(images, self.segmenter)
+        probs = logits.softmax(1) if logits.shape[1] > 1 else logits.sigmoid()
+        region = probs[:, self.region_channel : self.region_channel + 1] if logits.shape[1] > 1 else probs
+        for item, prob in zip(items, region):
+            item[self.output_key] = prob
