@@ -11,6 +11,7 @@ from .attribution import (
     build_baselines,
     load_baselines,
     save_baselines,
+    saved_baselines,
 )
 from .base import Explainer, InputAttributionExplainer, explain_positive_classes
 from .cam import CAM, GradCAM, GradCAMpp, default_target_layer
@@ -32,4 +33,5 @@ __all__ = [
     "get_explainer",
     "load_baselines",
     "save_baselines",
+    "saved_baselines",
 ]

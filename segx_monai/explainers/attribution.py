@@ -207,3 +207,12 @@ def load_baselines(path: str | os.PathLike) -> Tensor:
     if not isinstance(images, Tensor):
         raise TypeError(f"{path} does not hold a tensor")
     return images
+
+
+def saved_baselines(path: str | os.PathLike, dataset: Sequence, n: int = 50, key: str = "image", seed: int = 0) -> Tensor:
+    """The reference set saved at ``path``, drawn once from ``dataset`` (the training split) when it does not exist yet,
+    so that every interpretation run of a bundle explains against the same baselines."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_baselines(build_baselines(dataset, n=min(n, len(dataset)), key=key, seed=seed), path)
+    return load_baselines(path)

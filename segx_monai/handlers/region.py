@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer
 from monai.networks.utils import eval_mode
 
+from segx_monai.handlers.writers import IterationHandler
 
-class RegionSegmentation:
+
+class RegionSegmentation(IterationHandler):
     """Adds the clinical-region probability ``(1, *spatial)`` of each sample to ``engine.state.output[i][output_key]``.
 
     The segmenter runs in eval mode (batch-norm on running statistics) under ``no_grad``, batched, on the items'
@@ -25,9 +27,6 @@ class RegionSegmentation:
     ) -> None:
         self.segmenter, self.region_channel, self.output_key, self.image_key = segmenter, region_channel, output_key, image_key
         self.inferer = inferer or SimpleInferer()
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         items = engine.state.output

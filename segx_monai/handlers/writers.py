@@ -1,10 +1,15 @@
-"""Per-sample outputs of an evaluator written as they come: a CSV row per sample and PNG masks; nothing accumulates."""
+"""Per-sample outputs of an evaluator written as they come: CSV rows and PNG masks; nothing accumulates in memory.
+
+Each decollated output item carries ``item["rows"]``: one dict of scalar columns per explained (sample, class) pair
+(one row for a single-label prediction, one per predicted-positive finding for a multi-label one). The handlers
+of this package fill those dicts; :class:`SampleTableWriter` streams them to CSV.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +19,17 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-ROW_KEY = "row"
+ROWS_KEY = "rows"
 
 
-def sample_rows(engine: Engine) -> list[dict]:
-    """The per-sample column dicts of the current iteration (created on first use), one per decollated output item."""
-    return [item.setdefault(ROW_KEY, {}) for item in engine.state.output]
+def item_rows(item: dict) -> list[dict]:
+    """The column dicts of one output item (one empty row until an explainer says which classes it explains)."""
+    return item.setdefault(ROWS_KEY, [{}])
 
 
-def sample_ids(engine: Engine, id_key: str = "image_id") -> list[str]:
-    """The ids of the current iteration's samples, from the decollated batch."""
-    return [str(item[id_key]) for item in engine.state.batch]
+def iterate_items(engine: Engine) -> Iterator[tuple[dict, dict]]:
+    """``(batch_item, output_item)`` pairs of the current iteration (both decollated by MONAI's engines)."""
+    return zip(engine.state.batch, engine.state.output)
 
 
 def resize_to(array: torch.Tensor, size: Sequence[int] | None, mode: str = "bilinear") -> torch.Tensor:
@@ -34,47 +39,57 @@ def resize_to(array: torch.Tensor, size: Sequence[int] | None, mode: str = "bili
     return torch.nn.functional.interpolate(array[None].float(), size=[int(s) for s in size], mode=mode, align_corners=False)[0]
 
 
-class PredictionColumns:
-    """Fills each sample's row with the prediction: class name, its probability, every class probability, and,
-    when the label is known, the true class and whether the prediction is correct (single-label, softmax outputs)."""
-
-    def __init__(self, class_names: Sequence[str], pred_key: str = "pred", label_key: str = "label") -> None:
-        self.class_names, self.pred_key, self.label_key = list(class_names), pred_key, label_key
+class IterationHandler:
+    """Base of the per-iteration handlers here: attaches ``__call__`` to ``ITERATION_COMPLETED``."""
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        for item, batch_item, row in zip(engine.state.output, engine.state.batch, sample_rows(engine)):
+        raise NotImplementedError
+
+
+class PredictionColumns(IterationHandler):
+    """Fills each row with the prediction: class name, its probability, every class probability, and, when the label
+    is known, the true class and whether the prediction is correct (single-label, softmax outputs)."""
+
+    def __init__(self, class_names: Sequence[str], pred_key: str = "pred", label_key: str = "label") -> None:
+        self.class_names, self.pred_key, self.label_key = list(class_names), pred_key, label_key
+
+    def __call__(self, engine: Engine) -> None:
+        for batch_item, item in iterate_items(engine):
             probs = item[self.pred_key].detach().float().cpu()
             predicted = int(probs.argmax())
-            row.update(prediction=self.class_names[predicted], probability=float(probs[predicted]))
+            columns = {"prediction": self.class_names[predicted], "probability": float(probs[predicted])}
             label = batch_item.get(self.label_key)
             if label is not None and torch.as_tensor(label).numel() == 1:
-                row.update(label=self.class_names[int(label)], correct=int(int(label) == predicted))
-            row.update({f"p_{name}": float(p) for name, p in zip(self.class_names, probs)})
+                columns.update(label=self.class_names[int(label)], correct=int(int(label) == predicted))
+            columns.update({f"p_{name}": float(p) for name, p in zip(self.class_names, probs)})
+            for row in item_rows(item):
+                row.update(columns)
 
 
-class SampleTableWriter:
-    """Streams one CSV row per sample (id, then the columns the other handlers put in the sample's row)."""
+class SampleTableWriter(IterationHandler):
+    """Streams the rows to CSV with the sample id first; the columns are those of the first row."""
 
     def __init__(self, path: str | Path, id_key: str = "image_id") -> None:
         self.path, self.id_key = Path(path), id_key
         self._file = self._writer = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        super().attach(engine)
         engine.add_event_handler(Events.COMPLETED, self.close)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.close)
 
     def __call__(self, engine: Engine) -> None:
-        for sample_id, row in zip(sample_ids(engine, self.id_key), sample_rows(engine)):
-            if self._writer is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "w", newline="")
-                self._writer = csv.DictWriter(self._file, fieldnames=[self.id_key, *row], restval="", extrasaction="ignore")
-                self._writer.writeheader()
-            self._writer.writerow({self.id_key: sample_id, **row})
+        for batch_item, item in iterate_items(engine):
+            for row in item_rows(item):
+                if self._writer is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "w", newline="")
+                    self._writer = csv.DictWriter(self._file, fieldnames=[self.id_key, *row], restval="", extrasaction="ignore")
+                    self._writer.writeheader()
+                self._writer.writerow({self.id_key: str(batch_item[self.id_key]), **row})
 
     def close(self, engine: Engine | None = None, *_) -> None:
         if self._file is not None:
@@ -83,7 +98,7 @@ class SampleTableWriter:
         self._file = self._writer = None
 
 
-class MaskWriter:
+class MaskWriter(IterationHandler):
     """Writes ``<id><suffix>.png`` (0/255) from a probability key, resampled to the image's original size."""
 
     def __init__(
@@ -93,12 +108,9 @@ class MaskWriter:
         self.output_dir, self.key, self.threshold, self.suffix = Path(output_dir), key, threshold, suffix
         self.id_key, self.size_key = id_key, size_key
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for item, batch_item in zip(engine.state.output, engine.state.batch):
+        for batch_item, item in iterate_items(engine):
             prob = resize_to(item[self.key].detach().cpu(), batch_item.get(self.size_key))
             mask = (prob[0] > self.threshold).numpy().astype(np.uint8) * 255
             Image.fromarray(mask).save(self.output_dir / f"{batch_item[self.id_key]}{self.suffix}.png")

@@ -1,3 +1,3 @@
 """Networks of the bundles."""
 
-from segx_monai.networks import classifiers
+from segx_monai.networks import classifiers, segmenters

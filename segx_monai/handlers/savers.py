@@ -1,0 +1,80 @@
+"""Write each explained pair's maps (NIfTI and PNG) and an overlay strip a clinician can read at a glance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine
+from PIL import Image
+
+from segx_monai.handlers.writers import IterationHandler, iterate_items
+
+_COLORMAP = matplotlib.colormaps["jet"]
+
+
+def display_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The network input ``(C, H, W)`` un-normalised on a copy into an ``(H, W, 3)`` uint8 picture for display."""
+    shape = (-1,) + (1,) * (image.ndim - 1)
+    picture = image.detach().float().cpu() * torch.as_tensor(std).view(shape) + torch.as_tensor(mean).view(shape)
+    picture = picture.clamp(0, 1).expand(3, *picture.shape[1:]) if picture.shape[0] == 1 else picture.clamp(0, 1)
+    return (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def heat_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``heat`` in [0, 1] colour-mapped and blended onto the picture, more opaque where the map is higher."""
+    coloured = _COLORMAP(heat)[..., :3] * 255
+    weight = alpha * np.sqrt(heat)[..., None]
+    return (picture * (1 - weight) + coloured * weight).round().astype(np.uint8)
+
+
+def overlay_strip(picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx_map: np.ndarray) -> np.ndarray:
+    """image | raw map | predicted region (contour-free tint) | SegX map, side by side."""
+    tint = picture.copy()
+    tint[region > 0] = (0.5 * tint[region > 0] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
+    top = segx_map.max()
+    return np.concatenate([picture, heat_overlay(picture, raw), tint, heat_overlay(picture, segx_map / top if top > 0 else segx_map)], axis=1)
+
+
+class ExplanationSaver(IterationHandler):
+    """Saves ``<id>[_<finding>]_raw`` / ``_segx`` maps (``.nii.gz`` float, ``.png`` 8-bit) and ``overlays/<id>....png``.
+
+    ``mean``/``std`` are those of the images' normalisation, to show the picture the classifier saw. Maps are written
+    at the network's grid; ``display_size`` enlarges the overlays for reading (nearest neighbour, no smoothing).
+    """
+
+    def __init__(
+        self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], formats: Sequence[str] = ("nii.gz", "png"),
+        overlays: bool = True, display_size: int = 192, id_key: str = "image_id", image_key: str = "image",
+    ) -> None:
+        self.output_dir, self.mean, self.std, self.formats = Path(output_dir), mean, std, tuple(formats)
+        self.overlays, self.display_size, self.id_key, self.image_key = overlays, display_size, id_key, image_key
+        unknown = set(self.formats) - {"nii.gz", "png"}
+        if unknown:
+            raise ValueError(f"unknown map formats {sorted(unknown)}; expected 'nii.gz' and/or 'png'.")
+
+    def _write_map(self, heat: np.ndarray, stem: str) -> None:
+        if "nii.gz" in self.formats:
+            nib.save(nib.Nifti1Image(heat.astype(np.float32), np.eye(4)), self.output_dir / "maps" / f"{stem}.nii.gz")
+        if "png" in self.formats:
+            top = heat.max()
+            Image.fromarray((heat / top * 255 if top > 0 else heat).round().astype(np.uint8)).save(self.output_dir / "maps" / f"{stem}.png")
+
+    def __call__(self, engine: Engine) -> None:
+        (self.output_dir / "maps").mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
+        for batch_item, item in iterate_items(engine):
+            picture = display_image(item[self.image_key], self.mean, self.std)
+            for n, row in enumerate(item["rows"][: item["map"].shape[0]]):
+                stem = "_".join([str(batch_item[self.id_key])] + ([row["finding"].replace(" ", "_")] if "finding" in row else []))
+                raw, segx_map = item["map"][n, 0].cpu().numpy(), item["segx_map"][n, 0].float().cpu().numpy()
+                self._write_map(raw, f"{stem}_raw")
+                self._write_map(segx_map, f"{stem}_segx")
+                if self.overlays:
+                    strip = overlay_strip(picture, raw, item["region_mask"][n, 0].cpu().numpy(), segx_map)
+                    scale = max(1, self.display_size // picture.shape[0])
+                    Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST).save(self.output_dir / "overlays" / f"{stem}.png")

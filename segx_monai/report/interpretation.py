@@ -1,0 +1,363 @@
+"""Report of an interpretation run: raw vs SegX localisation and SegU certainty, as one offline HTML page
+(``report.html``) and every number in it as ``summary.json``.
+
+Reads the folder the evaluator writes: ``samples.csv`` (one row per prediction), ``curves.json`` (mean IoU-threshold
+curves), ``run.json`` (settings) and ``overlays/<image_id>.png``. Rows are the unit of every statistic; intervals are
+95% percentile-bootstrap intervals over resampled rows, seeded so a report can be rebuilt identically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segx_monai.metrics.certainty import correctness_auroc, mean_by_correctness, risk_coverage_curve
+from segx_monai.report import render
+from segx_monai.report.render import fmt, fmt_estimate
+
+LOCALIZATION_METRICS = {"iou_at_q": "IoU@q", "auitc": "AUITC", "hit": "Hit rate", "relevance_mass": "Relevance mass"}
+CERTAINTY_SCORES = {"ciou": "cIoU", "cauitc": "cAUITC"}
+TEXT_COLUMNS = {"image_id", "label", "prediction", "finding"}
+COUNT_LABELS = {
+    "rows": "Predictions (rows)", "images": "Images", "correct": "Correct", "incorrect": "Incorrect",
+    "with_ground_truth_mask": "With ground-truth mask", "empty_region": "Empty predicted region",
+    "review": "Flagged for review",
+}
+GALLERY = {  # section -> (heading, how its cases are chosen)
+    "best": ("Best localised", "highest SegX IoU@q with the ground-truth region"),
+    "worst": ("Worst localised", "lowest SegX IoU@q with the ground-truth region"),
+    "uncertain": ("Most uncertain", "lowest SegU cIoU: the explanation lies mostly outside the segmented region"),
+}
+EXPLAIN = {
+    "settings": "How the explanations were made: the explainer, how the map was restricted to the segmented region "
+    "(SegX variant), the top fraction q of the map kept, the probability above which a pixel counts as clinical "
+    "region, and the certainty below which a case is flagged for review.",
+    "counts": "Number of predictions analysed. Localisation is measured only where a ground-truth outline of the "
+    "clinical region exists; an empty predicted region means the segmentation found nothing to check the "
+    "explanation against.",
+    "localization": "How well each explanation points at the clinical region outlined by an expert, for the "
+    "classifier's own map (raw) and for the map restricted to the segmented region (SegX); higher is better. "
+    "Brackets hold 95% bootstrap intervals; a difference interval above 0 means SegX localises better.",
+    "certainty": "How far the certainty scores separate correct from incorrect diagnoses. Correct predictions "
+    "should score higher. AUROC is the chance that a correct prediction scores above an incorrect one (0.5 = chance, "
+    "1 = perfect); AURC is the error rate among the most certain cases averaged over all cut-offs (lower is better).",
+    "plots": "Left: mean overlap with the expert outline when the [0, 1]-scaled map is cut at threshold τ (its area "
+    "is the AUITC). Middle: accuracy of the most certain share of cases; a curve above the dashed line means the "
+    "score puts correct predictions first. Right: the score for correct and incorrect predictions; the less the "
+    "histograms overlap, the better the score separates them.",
+    "gallery": "Each strip shows the image, the raw explanation, the predicted clinical region and the SegX "
+    "explanation.",
+}
+
+
+def load_samples(path: str | Path) -> dict[str, np.ndarray]:
+    """``samples.csv`` as columns: identifiers and class names as strings, every other column as floats (empty = NaN)."""
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    if "image_id" not in (reader.fieldnames or []):
+        raise ValueError(f"{path} needs an image_id column, got {reader.fieldnames}.")
+    samples = {}
+    for name in reader.fieldnames:
+        cells = np.array([(row[name] or "").strip() for row in rows], dtype=str)
+        samples[name] = cells if name in TEXT_COLUMNS else np.where(cells == "", "nan", cells).astype(float)
+    return samples
+
+
+def _column(samples: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A numeric column, all NaN when the table lacks it."""
+    return samples.get(name, np.full(len(samples["image_id"]), np.nan))
+
+
+def _text(samples: dict[str, np.ndarray], name: str, row: int) -> str:
+    """A text cell, ``n/a`` when the column is missing or the cell empty."""
+    return str(samples[name][row]) if name in samples and samples[name][row] else "n/a"
+
+
+def bootstrap_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` rows is drawn in each of ``n_bootstrap`` resamples with replacement, ``(n_bootstrap, n)``."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_bootstrap)
+
+
+def _means_with_intervals(values: np.ndarray, n_bootstrap: int, seed: int) -> list[dict]:
+    """Mean of each column of ``(n, k)`` values with its bootstrap interval; the columns share resamples (paired)."""
+    if len(values) == 0:
+        return [{"mean": math.nan, "ci": [math.nan, math.nan]}] * values.shape[1]
+    means = bootstrap_counts(len(values), n_bootstrap, seed) @ values / len(values)
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    return [{"mean": float(m), "ci": [float(lo), float(hi)]} for m, lo, hi in zip(values.mean(axis=0), low, high)]
+
+
+def compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per localisation metric: mean raw, mean SegX and mean SegX - raw with intervals, over the rows with both values."""
+    results = {}
+    for key, name in LOCALIZATION_METRICS.items():
+        raw, segx = _column(samples, f"{key}_raw"), _column(samples, f"{key}_segx")
+        used = np.isfinite(raw) & np.isfinite(segx)
+        values = np.stack([raw[used], segx[used], segx[used] - raw[used]], axis=1)
+        raw_mean, segx_mean, difference = _means_with_intervals(values, n_bootstrap, seed)
+        results[key] = {
+            "name": name, "n": int(used.sum()), "n_missing": int((~used).sum()),
+            "raw": raw_mean, "segx": segx_mean, "difference": difference,
+        }
+        if not used.any():
+            results[key]["note"] = f"{name}: n/a, no prediction has a raw and a SegX value (no ground-truth mask)."
+    return results
+
+
+def certainty_inputs(samples: dict[str, np.ndarray], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SegU score ``key`` and the correctness of the rows that have both."""
+    score, correct = _column(samples, key), _column(samples, "correct")
+    used = np.isfinite(score) & np.isfinite(correct)
+    return torch.as_tensor(score[used]), torch.as_tensor(correct[used] == 1)
+
+
+def _auroc_interval(scores: torch.Tensor, correct: torch.Tensor, n_bootstrap: int, seed: int) -> list[float]:
+    """Bootstrap interval of the correctness AUROC, leaving out resamples that lack correct or incorrect predictions."""
+    rows = np.arange(len(scores))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single-outcome resamples: NaN with a warning, dropped below
+        aurocs = np.array([
+            float(correctness_auroc(scores[drawn], correct[drawn]))
+            for drawn in (torch.as_tensor(np.repeat(rows, counts)) for counts in bootstrap_counts(len(rows), n_bootstrap, seed))
+        ])
+    aurocs = aurocs[np.isfinite(aurocs)]
+    return np.percentile(aurocs, [2.5, 97.5]).tolist() if len(aurocs) else [math.nan, math.nan]
+
+
+def evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per SegU score: mean for correct vs incorrect predictions, AUROC for correctness with interval, and AURC."""
+    results = {}
+    for key, name in CERTAINTY_SCORES.items():
+        scores, correct = certainty_inputs(samples, key)
+        means = mean_by_correctness(scores, correct)
+        n_correct, n_incorrect = int(means.n_correct), int(means.n_incorrect)
+        result = {
+            "name": name, "n": len(scores), "n_correct": n_correct, "n_incorrect": n_incorrect,
+            "mean_correct": float(means.correct), "mean_incorrect": float(means.incorrect),
+            "auroc": math.nan, "auroc_ci": [math.nan, math.nan],
+            "aurc": float(risk_coverage_curve(scores, correct).aurc) if len(scores) else math.nan,
+        }
+        if n_correct and n_incorrect:
+            result["auroc"] = float(correctness_auroc(scores, correct))
+            result["auroc_ci"] = _auroc_interval(scores, correct, n_bootstrap, seed)
+        else:
+            result["note"] = (
+                f"{name} AUROC: n/a, it needs both correct and incorrect predictions "
+                f"(got {n_correct} correct, {n_incorrect} incorrect)."
+            )
+        results[key] = result
+    return results
+
+
+def count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
+    """Row and image counts, outcomes, rows with a ground-truth mask, with an empty predicted region, flagged for review."""
+    correct = _column(samples, "correct")
+    with_mask = np.isfinite(np.stack([_column(samples, f"{key}_raw") for key in LOCALIZATION_METRICS])).any(axis=0)
+    return {
+        "rows": len(samples["image_id"]), "images": len(np.unique(samples["image_id"])),
+        "correct": int((correct == 1).sum()), "incorrect": int((correct == 0).sum()),
+        "with_ground_truth_mask": int(with_mask.sum()),
+        "empty_region": int((_column(samples, "empty_region") == 1).sum()),
+        "review": int((_column(samples, "review") == 1).sum()),
+    }
+
+
+def summarize(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Counts, the raw vs SegX localisation table and the SegU certainty table of a set of rows."""
+    return {
+        "counts": count_samples(samples),
+        "localization": compare_localization(samples, n_bootstrap, seed),
+        "certainty": evaluate_certainty(samples, n_bootstrap, seed),
+    }
+
+
+def select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int) -> dict[str, list[int]]:
+    """Row indices per gallery section (see ``GALLERY``) among rows with an overlay, one row per image."""
+    ids = samples["image_id"]
+    has_overlay = np.array([(overlay_dir / f"{image_id}.png").is_file() for image_id in ids], dtype=bool)
+    iou_segx = _column(samples, "iou_at_q_segx")
+    order_keys = {"best": -iou_segx, "worst": iou_segx, "uncertain": _column(samples, "ciou")}
+    selected = {}
+    for section, key in order_keys.items():
+        candidates = np.flatnonzero(has_overlay & np.isfinite(key))
+        ranked = candidates[np.argsort(key[candidates], kind="stable")]
+        first_of_image = np.sort(np.unique(ids[ranked], return_index=True)[1])
+        selected[section] = ranked[first_of_image][:size].tolist()
+    return selected
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file's content, empty when the file is missing."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _json_safe(value: object) -> object:
+    """``value`` with non-finite floats as None, so that ``summary.json`` is standard JSON."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _notes(results: dict[str, dict]) -> list[str]:
+    """The reasons for the n/a values of a table."""
+    return [result["note"] for result in results.values() if "note" in result]
+
+
+def _tables(summary: dict, heading: str) -> str:
+    """The counts, raw vs SegX and SegU tables of one summary (the whole run or one finding)."""
+    counts = summary["counts"]
+    localization, certainty = summary["localization"], summary["certainty"]
+    return (
+        f"<h2>{heading}: samples</h2>"
+        + render.table(["Count", "Value"], [[COUNT_LABELS[k], v] for k, v in counts.items()], EXPLAIN["counts"])
+        + f"<h2>{heading}: localisation, raw vs SegX</h2>"
+        + render.table(
+            ["Metric", "n", "n without mask", "Raw mean [95% CI]", "SegX mean [95% CI]", "SegX − raw [95% CI]"],
+            [
+                [r["name"], r["n"], r["n_missing"]] + [fmt_estimate(r[k]["mean"], r[k]["ci"]) for k in ("raw", "segx", "difference")]
+                for r in localization.values()
+            ],
+            EXPLAIN["localization"], _notes(localization),
+        )
+        + f"<h2>{heading}: certainty (SegU)</h2>"
+        + render.table(
+            ["Score", "n correct", "Mean if correct", "n incorrect", "Mean if incorrect", "AUROC [95% CI]", "AURC"],
+            [
+                [r["name"], r["n_correct"], r["mean_correct"], r["n_incorrect"], r["mean_incorrect"],
+                 fmt_estimate(r["auroc"], r["auroc_ci"]), r["aurc"]]
+                for r in certainty.values()
+            ],
+            EXPLAIN["certainty"], _notes(certainty),
+        )
+    )
+
+
+def _plots(samples: dict[str, np.ndarray], curves: dict, summary: dict) -> str:
+    """The AUITC curves, risk-coverage curves and score histograms, or why each is missing."""
+    figures, notes = [], []
+    areas = summary["auitc_curves"]
+    if np.isfinite([areas["area_raw"], areas["area_segx"]]).any():
+        thresholds = np.asarray(curves["thresholds"])
+        lines = {
+            f"{name} (area {fmt(areas[f'area_{kind}'])})": (thresholds, np.asarray(curves[f"auitc_curve_{kind}"], dtype=float))
+            for kind, name in (("raw", "raw"), ("segx", "SegX"))
+        }
+        fig = render.line_plot(lines, "threshold τ on the [0, 1]-scaled map", "mean IoU with ground truth", "IoU-threshold curves")
+        figures.append((render.figure_uri(fig), "AUITC curves, raw vs SegX"))
+    else:
+        notes.append("AUITC curves not drawn: curves.json is missing or has no defined value.")
+    inputs = {name: certainty_inputs(samples, key) for key, name in CERTAINTY_SCORES.items()}
+    inputs = {name: (scores.numpy(), correct.numpy()) for name, (scores, correct) in inputs.items() if len(scores)}
+    if inputs:
+        outcomes = _column(samples, "correct")
+        accuracy = float(np.mean(outcomes[np.isfinite(outcomes)] == 1))
+        lines = {}
+        for key, name in CERTAINTY_SCORES.items():
+            if name in inputs:
+                curve = risk_coverage_curve(*map(torch.as_tensor, inputs[name]))
+                lines[f"{name} (AURC {fmt(summary['certainty'][key]['aurc'])})"] = (curve.coverage.numpy(), curve.accuracy.numpy())
+        fig = render.line_plot(
+            lines, "coverage (share of most certain cases kept)", "accuracy", "Risk–coverage",
+            reference=(accuracy, f"overall accuracy {fmt(accuracy)}"),
+        )
+        figures.append((render.figure_uri(fig), "Accuracy of the most certain cases"))
+        figures.append((render.figure_uri(render.histogram_plot(inputs)), "SegU score, correct vs incorrect"))
+    else:
+        notes.append("Risk–coverage curves and histograms not drawn: no prediction has a SegU score and a known outcome.")
+    return "<h2>Plots</h2>" + render.figure_row(figures, notes=notes) + render.paragraph(EXPLAIN["plots"])
+
+
+def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[str, list[int]]) -> str:
+    """The gallery sections, one captioned overlay strip per selected row."""
+    body = "<h2>Gallery</h2>" + render.paragraph(EXPLAIN["gallery"])
+    for section, rows in selected.items():
+        heading, rule = GALLERY[section]
+        tiles = []
+        for row in rows:
+            image_id = samples["image_id"][row]
+            finding = f" ({samples['finding'][row]})" if "finding" in samples else ""
+            caption = (
+                f"{image_id}{finding}: label {_text(samples, 'label', row)}, prediction {_text(samples, 'prediction', row)}"
+                f" (probability {fmt(_column(samples, 'probability')[row])}), SegX IoU@q "
+                f"{fmt(_column(samples, 'iou_at_q_segx')[row])}, cIoU {fmt(_column(samples, 'ciou')[row])}, "
+                f"review {'yes' if _column(samples, 'review')[row] == 1 else 'no'}"
+            )
+            tiles.append((render.image_uri(overlay_dir / f"{image_id}.png"), caption))
+        body += f"<h3>{heading}</h3>" + render.paragraph(f"Cases with the {rule}.")
+        body += render.figure_row(tiles, kind="gallery", notes=[] if tiles else ["No such case has an overlay image."])
+    return body
+
+
+def build_report(
+    interpret_dir: str | Path, title: str = "SegX interpretation report", n_bootstrap: int = 1000, seed: int = 0,
+    gallery_size: int = 6,
+) -> Path:
+    """Write ``report.html`` (self-contained) and ``summary.json`` into an interpretation folder; return the HTML path."""
+    if n_bootstrap < 1 or gallery_size < 0:
+        raise ValueError(f"n_bootstrap must be >= 1 and gallery_size >= 0, got {n_bootstrap} and {gallery_size}.")
+    folder = Path(interpret_dir)
+    samples = load_samples(folder / "samples.csv")
+    settings, curves = _read_json(folder / "run.json"), _read_json(folder / "curves.json")
+    overlay_dir = folder / "overlays"
+    selected = select_gallery(samples, overlay_dir, gallery_size)
+    summary = {
+        "title": title,
+        "settings": settings,
+        "bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "level": 0.95},
+        **summarize(samples, n_bootstrap, seed),
+        "auitc_curves": {
+            "n": curves.get("n"),
+            **{
+                f"area_{kind}": float(torch.trapezoid(torch.tensor(curves[f"auitc_curve_{kind}"], dtype=torch.float64),
+                                                      torch.tensor(curves["thresholds"], dtype=torch.float64)))
+                if f"auitc_curve_{kind}" in curves else math.nan
+                for kind in ("raw", "segx")
+            },
+        },
+        "gallery": {section: samples["image_id"][rows].tolist() for section, rows in selected.items()},
+    }
+    if "finding" in samples:
+        summary["by_finding"] = {
+            finding: summarize({k: v[samples["finding"] == finding] for k, v in samples.items()}, n_bootstrap, seed)
+            for finding in np.unique(samples["finding"]).tolist()
+        }
+    (folder / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+
+    body = "<h2>Settings</h2>" + render.table(
+        ["Setting", "Value"], [[key, value] for key, value in settings.items()], EXPLAIN["settings"],
+        [] if settings else ["run.json not found: settings unknown."],
+    )
+    body += _tables(summary, "All predictions") + _plots(samples, curves, summary)
+    for finding, finding_summary in summary.get("by_finding", {}).items():
+        body += _tables(finding_summary, f"Finding {finding}")
+    body += _gallery(samples, overlay_dir, selected)
+    body += render.paragraph(
+        f"Intervals: 95% percentile bootstrap over {n_bootstrap} resamples of the predictions (seed {seed}); "
+        "n/a marks a value that cannot be computed from these data."
+    )
+    path = folder / "report.html"
+    path.write_text(render.page(title, body), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: rebuild the report of an interpretation folder and print the path of ``report.html``."""
+    parser = argparse.ArgumentParser(prog="python -m segx_monai.report", description=build_report.__doc__)
+    parser.add_argument("interpret_dir", type=Path, help="folder with samples.csv, curves.json, run.json, overlays/")
+    parser.add_argument("--title", default="SegX interpretation report")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--gallery-size", type=int, default=6, help="cases per gallery section")
+    args = parser.parse_args(argv)
+    print(build_report(args.interpret_dir, args.title, args.n_bootstrap, args.seed, args.gallery_size))
+    return 0
