@@ -31,7 +31,7 @@ import csv
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import count, product
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,8 @@ def plan_ham_like(
     lowest, highest = images_per_lesion
     if not 1 <= lowest <= highest:
         raise ValueError(f"images_per_lesion must be (fewest, most) with 1 <= fewest <= most, got {images_per_lesion}.")
+    if n_images > 0 and -(-n_images // highest) > n_images // lowest:
+        raise ValueError(f"n_images={n_images} cannot be made of lesions of images_per_lesion={images_per_lesion} images.")
     lesions_per_class = _lesions_per_class(n_images, images_per_lesion, val_fraction, test_fraction)
     n_lesions = int(lesions_per_class.sum())
     rng = np.random.default_rng([seed, 0])
@@ -164,26 +166,26 @@ def _lesions_per_class(
     """Lesions of each class that hold ``n_images`` images and that ``split_by_group`` puts in every split.
 
     About ``n_images`` over the mean images per lesion, shared by the square root of the real class counts; more
-    lesions (of fewer images each) and a per-class floor where a split would otherwise miss a class. When no
-    validation split can hold every class (it gets a tenth of a few dozen lesions), training and test still do.
+    lesions (of fewer images each) and a per-class floor (1, 2, 4, ... up to an even share) where a split would
+    otherwise miss a class. When no validation split can hold every class (it gets a tenth of a few dozen lesions),
+    training and test still do.
     """
     lowest, highest = images_per_lesion
     wanted = [fold for fold, fraction in zip(FOLDS, (1, val_fraction, test_fraction)) if fraction > 0]
     typical = max(round(2 * n_images / (lowest + highest)), -(-n_images // highest))
     for required in (wanted, [fold for fold in wanted if fold != "validation"]):
         for n_lesions in range(typical, n_images // lowest + 1):
-            for floor in range(1, n_lesions // len(CLASSES) + 1):
+            even = n_lesions // len(CLASSES)
+            for floor in [*(2**k for k in range(even.bit_length()) if 2**k < even), even]:
                 counts = _share_lesions(n_lesions, floor)
                 if _every_class_in(required, counts, val_fraction, test_fraction):
                     return counts
-    fewest = next(  # lesions needed when they are shared as evenly as possible
-        n
-        for n in count(len(CLASSES))
-        if _every_class_in(required, _share_lesions(n, n // len(CLASSES)), val_fraction, test_fraction)
-    )
+    evenly_shared = (_share_lesions(n, n // len(CLASSES)) for n in range(len(CLASSES), 2000))
+    fewest = next((sum(c) for c in evenly_shared if _every_class_in(required, c, val_fraction, test_fraction)), None)
     raise ValueError(
         f"n_images={n_images} is too small: split_by_group(val_fraction={val_fraction}, test_fraction={test_fraction}) "
-        f"would leave a class out of {' or '.join(required)}; use n_images >= {fewest * lowest}."
+        f"would leave a class out of {' or '.join(required)}; use "
+        + ("more images." if fewest is None else f"n_images >= {fewest * lowest}.")
     )
 
 
@@ -233,7 +235,8 @@ def _assign_artefacts(dx: Sequence[str], folds: Sequence[str], strength: float, 
 # Lengths are in units of half the image's short side, so that a picture looks the same at any size.
 
 SKIN_LIGHT, SKIN_DARK = np.array([238.0, 200.0, 178.0]), np.array([200.0, 150.0, 120.0])
-EDGE_PIXELS = 1.2  # width of the lesion's anti-aliased border
+EDGE_PIXELS = 1.2  # the least width of the lesion's soft border (anti-aliasing at small sizes)
+EDGE_SOFTNESS = 0.04  # its width at larger sizes, in units of the lesion radius
 
 
 @dataclass(frozen=True)
@@ -281,10 +284,9 @@ def render_ham_like(image: SyntheticImage, image_size: tuple[int, int] = (160, 1
 
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     """Validate ``(width, height)``; below 16 pixels the lesion patterns are not drawable."""
-    width, height = image_size
-    if min(width, height) < 16:
+    if len(image_size) != 2 or min(image_size) < 16:
         raise ValueError(f"image_size must be (width, height) of at least 16 pixels each, got {tuple(image_size)}.")
-    return int(width), int(height)
+    return int(image_size[0]), int(image_size[1])
 
 
 def _over(base: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -331,15 +333,16 @@ def _random_walk(rng: np.random.Generator, start: np.ndarray, n_steps: int, step
 
 def _paint_skin(rng: np.random.Generator, grid: _Grid, tone: float) -> np.ndarray:
     """Skin of the given tone with blotchy low-frequency colour variation, redness and fine grain."""
+    extent = max(grid.half_width, grid.half_height)
     base = SKIN_LIGHT + (SKIN_DARK - SKIN_LIGHT) * tone
-    shade = 1 + 0.05 * _value_noise(rng, grid.x, grid.y, 3)
-    redness = 8 * _value_noise(rng, grid.x, grid.y, 4)
+    shade = 1 + 0.05 * _value_noise(rng, grid.x, grid.y, 3, extent)
+    redness = 8 * _value_noise(rng, grid.x, grid.y, 4, extent)
     colour = base * shade[..., None] + np.stack([redness, -0.4 * redness, -0.4 * redness], axis=-1)
-    texture = 4 * _value_noise(rng, grid.x, grid.y, 40)[..., None] + rng.normal(0, 2.5, colour.shape)
+    texture = 4 * _value_noise(rng, grid.x, grid.y, 40, extent)[..., None] + rng.normal(0, 2.5, colour.shape)
     return colour + texture
 
 
-# Per class: (radius range, border irregularity). Radii are in half-short-side units.
+# Per class: the range of lesion radii (in half-short-side units) and how much the border wobbles.
 LESION_RADIUS = {
     "nv": (0.48, 0.72), "mel": (0.55, 0.8), "bkl": (0.48, 0.72), "bcc": (0.45, 0.66),
     "akiec": (0.45, 0.66), "vasc": (0.4, 0.56), "df": (0.28, 0.4),
@@ -359,9 +362,9 @@ def _lesion_frame(
     radius = lesion_rng.uniform(*LESION_RADIUS[dx]) * view_rng.uniform(0.9, 1.1)
     aspect = lesion_rng.uniform(0.75, 1.0)
     angle = lesion_rng.uniform(0, 2 * np.pi) + view_rng.uniform(-0.4, 0.4)
-    dx_, dy_ = grid.x - centre[0], grid.y - centre[1]
-    u = (np.cos(angle) * dx_ + np.sin(angle) * dy_) / radius
-    v = (-np.sin(angle) * dx_ + np.cos(angle) * dy_) / (radius * aspect)
+    offset_x, offset_y = grid.x - centre[0], grid.y - centre[1]
+    u = (np.cos(angle) * offset_x + np.sin(angle) * offset_y) / radius
+    v = (-np.sin(angle) * offset_x + np.cos(angle) * offset_y) / (radius * aspect)
     return u, v, 1 / (grid.unit * radius * aspect)
 
 
@@ -375,7 +378,7 @@ def _lesion_outline(
     theta = np.arctan2(v, u)
     border = 1 + (amplitudes[:, None, None] * np.cos(orders[:, None, None] * theta + phases[:, None, None])).sum(0)
     inside_by = np.maximum(border, 0.3) - np.hypot(u, v)  # how far inside the border, in lesion units
-    return np.clip(inside_by / (pixel * EDGE_PIXELS) + 0.5, 0, 1), inside_by >= 0
+    return np.clip(inside_by / max(pixel * EDGE_PIXELS, EDGE_SOFTNESS) + 0.5, 0, 1), inside_by >= 0
 
 
 def _mix(light: Sequence[float], dark: Sequence[float], t: float | np.ndarray) -> np.ndarray:
@@ -484,7 +487,7 @@ def _paint_artefact(rng: np.random.Generator, grid: _Grid, artefact: str) -> tup
         tick_index = np.round((along - offset) / 0.1)
         tick_length = np.where(tick_index % 5 == 0, 0.14, 0.07)
         line = np.abs(depth - base) < max(pixel, 0.012)
-        on_tick = np.abs(along - offset - 0.1 * tick_index) < 0.6 * pixel
+        on_tick = np.abs(along - offset - 0.1 * tick_index) < max(0.6 * pixel, 0.004)
         ticks = on_tick & (depth > base) & (depth < base + tick_length)
         return RULER_BLACK, 0.85 * ((line | ticks) & (np.abs(along) < 0.85))
     sign_x = -1 if place.endswith("left") else 1
@@ -505,7 +508,7 @@ def _paint_hairs(rng: np.random.Generator, grid: _Grid, colour: np.ndarray) -> n
     for _ in range(rng.integers(1, 6)):
         start = rng.uniform(-1, 1, 2) * (grid.half_width, grid.half_height)
         walk = _random_walk(rng, start, 10, 0.2, 0.15)
-        width = rng.uniform(0.2, 0.6) / grid.unit
+        width = rng.uniform(0.004, 0.01)  # half the hair's width: under a pixel at 160x120
         alpha = np.clip(1 - (_polyline_distance(grid.x, grid.y, walk) - width) * grid.unit, 0, 1)
         colour = _over(colour, _mix((60, 42, 32), (20, 15, 12), rng.random()), 0.9 * alpha)
     return colour

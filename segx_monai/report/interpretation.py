@@ -23,6 +23,7 @@ from segx_monai.report import render
 from segx_monai.report.render import fmt, fmt_estimate
 
 LOCALIZATION_METRICS = {"iou_at_q": "IoU@q", "auitc": "AUITC", "hit": "Hit rate", "relevance_mass": "Relevance mass"}
+ESTIMATES = ("raw", "segx", "difference")  # per localisation metric: the means and their paired difference
 CERTAINTY_SCORES = {"ciou": "cIoU", "cauitc": "cAUITC"}
 TEXT_COLUMNS = {"image_id", "label", "prediction", "finding"}
 COUNT_LABELS = {
@@ -48,17 +49,19 @@ EXPLAIN = {
     "certainty": "How far the certainty scores separate correct from incorrect diagnoses. Correct predictions "
     "should score higher. AUROC is the chance that a correct prediction scores above an incorrect one (0.5 = chance, "
     "1 = perfect); AURC is the error rate among the most certain cases averaged over all cut-offs (lower is better).",
-    "plots": "Left: mean overlap with the expert outline when the [0, 1]-scaled map is cut at threshold τ (its area "
-    "is the AUITC). Middle: accuracy of the most certain share of cases; a curve above the dashed line means the "
-    "score puts correct predictions first. Right: the score for correct and incorrect predictions; the less the "
-    "histograms overlap, the better the score separates them.",
+    "auitc_plot": "Mean overlap with the expert outline when the [0, 1]-scaled map is cut at threshold τ; the area "
+    "under each curve is the AUITC.",
+    "risk_coverage_plot": "Accuracy among the most certain share of cases; a curve above the dashed line means the "
+    "score puts correct predictions first.",
+    "histogram_plot": "The score of correct and incorrect predictions; the less the two overlap, the better the score "
+    "tells them apart.",
     "gallery": "Each strip shows the image, the raw explanation, the predicted clinical region and the SegX "
     "explanation.",
 }
 
 
 def load_samples(path: str | Path) -> dict[str, np.ndarray]:
-    """``samples.csv`` as columns: identifiers and class names as strings, every other column as floats (empty = NaN)."""
+    """``samples.csv`` as columns: ids and class names as strings, every other column as floats (empty = NaN)."""
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
@@ -81,38 +84,37 @@ def _text(samples: dict[str, np.ndarray], name: str, row: int) -> str:
     return str(samples[name][row]) if name in samples and samples[name][row] else "n/a"
 
 
-def bootstrap_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """How often each of ``n`` rows is drawn in each of ``n_bootstrap`` resamples with replacement, ``(n_bootstrap, n)``."""
+def _bootstrap_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` rows is drawn in each of ``n_bootstrap`` resamples with replacement, ``(B, n)``."""
     return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_bootstrap)
 
 
 def _means_with_intervals(values: np.ndarray, n_bootstrap: int, seed: int) -> list[dict]:
     """Mean of each column of ``(n, k)`` values with its bootstrap interval; the columns share resamples (paired)."""
     if len(values) == 0:
-        return [{"mean": math.nan, "ci": [math.nan, math.nan]}] * values.shape[1]
-    means = bootstrap_counts(len(values), n_bootstrap, seed) @ values / len(values)
+        return [{"mean": math.nan, "ci": [math.nan, math.nan]} for _ in range(values.shape[1])]
+    means = _bootstrap_counts(len(values), n_bootstrap, seed) @ values / len(values)
     low, high = np.percentile(means, [2.5, 97.5], axis=0)
     return [{"mean": float(m), "ci": [float(lo), float(hi)]} for m, lo, hi in zip(values.mean(axis=0), low, high)]
 
 
-def compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """Per localisation metric: mean raw, mean SegX and mean SegX - raw with intervals, over the rows with both values."""
+def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per localisation metric: mean raw, SegX and SegX - raw with intervals, over the rows that have both values."""
     results = {}
     for key, name in LOCALIZATION_METRICS.items():
         raw, segx = _column(samples, f"{key}_raw"), _column(samples, f"{key}_segx")
         used = np.isfinite(raw) & np.isfinite(segx)
         values = np.stack([raw[used], segx[used], segx[used] - raw[used]], axis=1)
-        raw_mean, segx_mean, difference = _means_with_intervals(values, n_bootstrap, seed)
         results[key] = {
             "name": name, "n": int(used.sum()), "n_missing": int((~used).sum()),
-            "raw": raw_mean, "segx": segx_mean, "difference": difference,
+            **dict(zip(ESTIMATES, _means_with_intervals(values, n_bootstrap, seed))),
         }
         if not used.any():
             results[key]["note"] = f"{name}: n/a, no prediction has a raw and a SegX value (no ground-truth mask)."
     return results
 
 
-def certainty_inputs(samples: dict[str, np.ndarray], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _certainty_inputs(samples: dict[str, np.ndarray], key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The SegU score ``key`` and the correctness of the rows that have both."""
     score, correct = _column(samples, key), _column(samples, "correct")
     used = np.isfinite(score) & np.isfinite(correct)
@@ -122,21 +124,19 @@ def certainty_inputs(samples: dict[str, np.ndarray], key: str) -> tuple[torch.Te
 def _auroc_interval(scores: torch.Tensor, correct: torch.Tensor, n_bootstrap: int, seed: int) -> list[float]:
     """Bootstrap interval of the correctness AUROC, leaving out resamples that lack correct or incorrect predictions."""
     rows = np.arange(len(scores))
+    resamples = (torch.as_tensor(np.repeat(rows, counts)) for counts in _bootstrap_counts(len(rows), n_bootstrap, seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # single-outcome resamples: NaN with a warning, dropped below
-        aurocs = np.array([
-            float(correctness_auroc(scores[drawn], correct[drawn]))
-            for drawn in (torch.as_tensor(np.repeat(rows, counts)) for counts in bootstrap_counts(len(rows), n_bootstrap, seed))
-        ])
+        aurocs = np.array([float(correctness_auroc(scores[drawn], correct[drawn])) for drawn in resamples])
     aurocs = aurocs[np.isfinite(aurocs)]
     return np.percentile(aurocs, [2.5, 97.5]).tolist() if len(aurocs) else [math.nan, math.nan]
 
 
-def evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+def _evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Per SegU score: mean for correct vs incorrect predictions, AUROC for correctness with interval, and AURC."""
     results = {}
     for key, name in CERTAINTY_SCORES.items():
-        scores, correct = certainty_inputs(samples, key)
+        scores, correct = _certainty_inputs(samples, key)
         means = mean_by_correctness(scores, correct)
         n_correct, n_incorrect = int(means.n_correct), int(means.n_incorrect)
         result = {
@@ -157,8 +157,8 @@ def evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, 
     return results
 
 
-def count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
-    """Row and image counts, outcomes, rows with a ground-truth mask, with an empty predicted region, flagged for review."""
+def _count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
+    """Rows, images, outcomes, rows with a ground-truth mask, with an empty predicted region, flagged for review."""
     correct = _column(samples, "correct")
     with_mask = np.isfinite(np.stack([_column(samples, f"{key}_raw") for key in LOCALIZATION_METRICS])).any(axis=0)
     return {
@@ -173,13 +173,28 @@ def count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
 def summarize(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Counts, the raw vs SegX localisation table and the SegU certainty table of a set of rows."""
     return {
-        "counts": count_samples(samples),
-        "localization": compare_localization(samples, n_bootstrap, seed),
-        "certainty": evaluate_certainty(samples, n_bootstrap, seed),
+        "counts": _count_samples(samples),
+        "localization": _compare_localization(samples, n_bootstrap, seed),
+        "certainty": _evaluate_certainty(samples, n_bootstrap, seed),
     }
 
 
-def select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int) -> dict[str, list[int]]:
+def _curve_areas(curves: dict) -> dict[str, float]:
+    """Areas under the mean raw and SegX IoU-threshold curves of ``curves.json`` (trapezoid rule; NaN when absent)."""
+    thresholds = _curve(curves, "thresholds")
+    return {
+        f"area_{kind}": float(torch.trapezoid(_curve(curves, f"auitc_curve_{kind}"), thresholds))
+        if f"auitc_curve_{kind}" in curves and len(thresholds) else math.nan
+        for kind in ("raw", "segx")
+    }
+
+
+def _curve(curves: dict, key: str) -> torch.Tensor:
+    """One list of ``curves.json`` as a float64 tensor (null entries as NaN), empty when absent."""
+    return torch.as_tensor(np.asarray(curves.get(key, []), dtype=float))
+
+
+def _select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int) -> dict[str, list[int]]:
     """Row indices per gallery section (see ``GALLERY``) among rows with an overlay, one row per image."""
     ids = samples["image_id"]
     has_overlay = np.array([(overlay_dir / f"{image_id}.png").is_file() for image_id in ids], dtype=bool)
@@ -224,7 +239,7 @@ def _tables(summary: dict, heading: str) -> str:
         + render.table(
             ["Metric", "n", "n without mask", "Raw mean [95% CI]", "SegX mean [95% CI]", "SegX − raw [95% CI]"],
             [
-                [r["name"], r["n"], r["n_missing"]] + [fmt_estimate(r[k]["mean"], r[k]["ci"]) for k in ("raw", "segx", "difference")]
+                [r["name"], r["n"], r["n_missing"], *(fmt_estimate(r[k]["mean"], r[k]["ci"]) for k in ESTIMATES)]
                 for r in localization.values()
             ],
             EXPLAIN["localization"], _notes(localization),
@@ -243,38 +258,49 @@ def _tables(summary: dict, heading: str) -> str:
 
 
 def _plots(samples: dict[str, np.ndarray], curves: dict, summary: dict) -> str:
-    """The AUITC curves, risk-coverage curves and score histograms, or why each is missing."""
+    """The AUITC curves, risk-coverage curves and score histograms, or why they are missing."""
     figures, notes = [], []
     areas = summary["auitc_curves"]
-    if np.isfinite([areas["area_raw"], areas["area_segx"]]).any():
-        thresholds = np.asarray(curves["thresholds"])
+    drawn = {"raw": "raw", "segx": "SegX"}
+    drawn = {kind: name for kind, name in drawn.items() if math.isfinite(areas[f"area_{kind}"])}
+    if drawn:
+        thresholds = _curve(curves, "thresholds")
         lines = {
-            f"{name} (area {fmt(areas[f'area_{kind}'])})": (thresholds, np.asarray(curves[f"auitc_curve_{kind}"], dtype=float))
-            for kind, name in (("raw", "raw"), ("segx", "SegX"))
+            f"{name} (area {fmt(areas[f'area_{kind}'])})": (thresholds, _curve(curves, f"auitc_curve_{kind}"))
+            for kind, name in drawn.items()
         }
-        fig = render.line_plot(lines, "threshold τ on the [0, 1]-scaled map", "mean IoU with ground truth", "IoU-threshold curves")
-        figures.append((render.figure_uri(fig), "AUITC curves, raw vs SegX"))
+        fig = render.line_plot(lines, "threshold τ on the [0, 1]-scaled map", "mean IoU with ground truth", "AUITC")
+        figures.append((render.figure_uri(fig), EXPLAIN["auitc_plot"]))
     else:
         notes.append("AUITC curves not drawn: curves.json is missing or has no defined value.")
-    inputs = {name: certainty_inputs(samples, key) for key, name in CERTAINTY_SCORES.items()}
-    inputs = {name: (scores.numpy(), correct.numpy()) for name, (scores, correct) in inputs.items() if len(scores)}
-    if inputs:
+    scored = {name: _certainty_inputs(samples, key) for key, name in CERTAINTY_SCORES.items()}
+    scored = {name: (scores, correct) for name, (scores, correct) in scored.items() if len(scores)}
+    if scored:
         outcomes = _column(samples, "correct")
         accuracy = float(np.mean(outcomes[np.isfinite(outcomes)] == 1))
-        lines = {}
-        for key, name in CERTAINTY_SCORES.items():
-            if name in inputs:
-                curve = risk_coverage_curve(*map(torch.as_tensor, inputs[name]))
-                lines[f"{name} (AURC {fmt(summary['certainty'][key]['aurc'])})"] = (curve.coverage.numpy(), curve.accuracy.numpy())
+        risk = {name: risk_coverage_curve(scores, correct) for name, (scores, correct) in scored.items()}
+        lines = {f"{name} (AURC {fmt(rc.aurc.item())})": (rc.coverage, rc.accuracy) for name, rc in risk.items()}
         fig = render.line_plot(
             lines, "coverage (share of most certain cases kept)", "accuracy", "Risk–coverage",
-            reference=(accuracy, f"overall accuracy {fmt(accuracy)}"),
+            reference=(accuracy, f"overall accuracy {fmt(accuracy)}"), legend_loc="lower left",
         )
-        figures.append((render.figure_uri(fig), "Accuracy of the most certain cases"))
-        figures.append((render.figure_uri(render.histogram_plot(inputs)), "SegU score, correct vs incorrect"))
+        figures.append((render.figure_uri(fig), EXPLAIN["risk_coverage_plot"]))
+        figures.append((render.figure_uri(render.histogram_plot(scored)), EXPLAIN["histogram_plot"]))
     else:
-        notes.append("Risk–coverage curves and histograms not drawn: no prediction has a SegU score and a known outcome.")
-    return "<h2>Plots</h2>" + render.figure_row(figures, notes=notes) + render.paragraph(EXPLAIN["plots"])
+        notes.append("Risk–coverage curves and histograms not drawn: no prediction has a SegU score and an outcome.")
+    return "<h2>Plots</h2>" + render.figure_row(figures, notes=notes)
+
+
+def _caption(samples: dict[str, np.ndarray], row: int) -> str:
+    """A gallery caption: id (and finding), label, prediction with its probability, SegX IoU@q, cIoU, review flag."""
+    finding = f" ({samples['finding'][row]})" if "finding" in samples else ""
+    value = {name: fmt(_column(samples, name)[row]) for name in ("probability", "iou_at_q_segx", "ciou")}
+    review = "yes" if _column(samples, "review")[row] == 1 else "no"
+    return (
+        f"{samples['image_id'][row]}{finding}: label {_text(samples, 'label', row)}, prediction "
+        f"{_text(samples, 'prediction', row)} (probability {value['probability']}), SegX IoU@q "
+        f"{value['iou_at_q_segx']}, cIoU {value['ciou']}, flagged for review: {review}"
+    )
 
 
 def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[str, list[int]]) -> str:
@@ -282,17 +308,9 @@ def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[s
     body = "<h2>Gallery</h2>" + render.paragraph(EXPLAIN["gallery"])
     for section, rows in selected.items():
         heading, rule = GALLERY[section]
-        tiles = []
-        for row in rows:
-            image_id = samples["image_id"][row]
-            finding = f" ({samples['finding'][row]})" if "finding" in samples else ""
-            caption = (
-                f"{image_id}{finding}: label {_text(samples, 'label', row)}, prediction {_text(samples, 'prediction', row)}"
-                f" (probability {fmt(_column(samples, 'probability')[row])}), SegX IoU@q "
-                f"{fmt(_column(samples, 'iou_at_q_segx')[row])}, cIoU {fmt(_column(samples, 'ciou')[row])}, "
-                f"review {'yes' if _column(samples, 'review')[row] == 1 else 'no'}"
-            )
-            tiles.append((render.image_uri(overlay_dir / f"{image_id}.png"), caption))
+        tiles = [
+            (render.image_uri(overlay_dir / f"{samples['image_id'][row]}.png"), _caption(samples, row)) for row in rows
+        ]
         body += f"<h3>{heading}</h3>" + render.paragraph(f"Cases with the {rule}.")
         body += render.figure_row(tiles, kind="gallery", notes=[] if tiles else ["No such case has an overlay image."])
     return body
@@ -302,28 +320,23 @@ def build_report(
     interpret_dir: str | Path, title: str = "SegX interpretation report", n_bootstrap: int = 1000, seed: int = 0,
     gallery_size: int = 6,
 ) -> Path:
-    """Write ``report.html`` (self-contained) and ``summary.json`` into an interpretation folder; return the HTML path."""
+    """Write ``report.html`` (self-contained) and ``summary.json`` into an interpretation folder; return the html path.
+
+    ``gallery_size`` cases are shown per gallery section; intervals use ``n_bootstrap`` resamples drawn with ``seed``.
+    """
     if n_bootstrap < 1 or gallery_size < 0:
         raise ValueError(f"n_bootstrap must be >= 1 and gallery_size >= 0, got {n_bootstrap} and {gallery_size}.")
     folder = Path(interpret_dir)
     samples = load_samples(folder / "samples.csv")
     settings, curves = _read_json(folder / "run.json"), _read_json(folder / "curves.json")
     overlay_dir = folder / "overlays"
-    selected = select_gallery(samples, overlay_dir, gallery_size)
+    selected = _select_gallery(samples, overlay_dir, gallery_size)
     summary = {
         "title": title,
         "settings": settings,
         "bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "level": 0.95},
         **summarize(samples, n_bootstrap, seed),
-        "auitc_curves": {
-            "n": curves.get("n"),
-            **{
-                f"area_{kind}": float(torch.trapezoid(torch.tensor(curves[f"auitc_curve_{kind}"], dtype=torch.float64),
-                                                      torch.tensor(curves["thresholds"], dtype=torch.float64)))
-                if f"auitc_curve_{kind}" in curves else math.nan
-                for kind in ("raw", "segx")
-            },
-        },
+        "auitc_curves": {"n": curves.get("n"), **_curve_areas(curves)},
         "gallery": {section: samples["image_id"][rows].tolist() for section, rows in selected.items()},
     }
     if "finding" in samples:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from numpy.typing import ArrayLike
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 TILE_SIZE = (1600, 400)  # overlay strips are shrunk to fit, which keeps the page small
@@ -77,7 +79,7 @@ def png_uri(data: bytes) -> str:
 def figure_uri(fig: plt.Figure) -> str:
     """The figure as an embedded PNG; the figure is closed."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return png_uri(buffer.getvalue())
 
@@ -92,33 +94,34 @@ def image_uri(path: Path) -> str:
 
 
 def line_plot(
-    lines: Mapping[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str, title: str,
-    reference: tuple[float, str] | None = None,
+    lines: Mapping[str, tuple[ArrayLike, ArrayLike]], xlabel: str, ylabel: str, title: str,
+    reference: tuple[float, str] | None = None, legend_loc: str = "best",
 ) -> plt.Figure:
     """Curves ``label -> (x, y)`` on one set of axes, with an optional dashed horizontal reference ``(y, label)``."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
     for label, (x, y) in lines.items():
-        ax.plot(x, y, label=label, linewidth=1.8)
+        ax.plot(np.asarray(x), np.asarray(y), label=label, linewidth=1.8)
     if reference is not None:
         ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc=legend_loc)
     return fig
 
 
-def histogram_plot(panels: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> plt.Figure:
+def histogram_plot(panels: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> plt.Figure:
     """One panel per score ``label -> (scores, correct)``: overlaid histograms of correct and incorrect predictions."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, layout="constrained")
     for ax, (label, (scores, correct)) in zip(axes[0], panels.items()):
+        scores, correct = np.asarray(scores), np.asarray(correct, dtype=bool)
         bins = np.histogram_bin_edges(scores, bins=20)
         for outcome, name, color in ((True, "correct", "tab:green"), (False, "incorrect", "tab:red")):
             group = scores[correct == outcome]
             ax.hist(group, bins=bins, alpha=0.55, color=color, label=f"{name} (n = {len(group)})")
         ax.set(xlabel=label, ylabel="number of predictions", title=f"{label} by outcome")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 

@@ -1,0 +1,143 @@
+"""The ham_segx bundle's workflows as MONAI's tools run them: properties, training, resume, evaluation, inference."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from PIL import Image
+
+from conftest import HAM_CONFIGS, REPO, TINY, ham_workflow, run_workflow
+from segx_monai.handlers.checkpoint import latest_epoch_checkpoint
+from segx_monai.networks.classifiers import build_classifier, load_pretrained
+
+
+def bundle_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ...`` from the repository root, as the bundle's docs say to run it."""
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_training_writes_weights_that_load_safely(trained_ham_bundle):
+    for name in ("classifier", "segmenter"):
+        state = torch.load(trained_ham_bundle / "models" / f"{name}.pt", map_location="cpu", weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        assert latest_epoch_checkpoint(trained_ham_bundle / "runs" / name / "checkpoints").name == "resume_checkpoint_1.pt"
+
+
+@pytest.mark.parametrize("config, metrics", [("train_classifier.yaml", ["test_macro_auroc", "test_balanced_accuracy", "test_confusion_matrix"]), ("train_segmenter.yaml", ["test_dice", "test_iou"])])
+def test_evaluate_on_the_test_fold(trained_ham_bundle, ham_dir, config, metrics):
+    workflow = run_workflow(ham_workflow(trained_ham_bundle, ham_dir, [config, "evaluate.yaml"]))
+    state = workflow.parser.get_parsed_content("validate#evaluator").state
+    n_test = len(json.loads(Path(workflow.parser.get_parsed_content("datalist")).read_text())["test"])
+    assert state.iteration == -(-n_test // TINY["batch_size"])
+    saved = (trained_ham_bundle / "runs" / config.removeprefix("train_").removesuffix(".yaml") / "eval" / "metrics.csv").read_text()
+    for metric in metrics:
+        assert metric in state.metrics and metric in saved
+    if "test_confusion_matrix" in metrics:
+        assert int(state.metrics["test_confusion_matrix"].sum()) == n_test
+
+
+def test_inference_workflow_properties_and_outputs(trained_ham_bundle, ham_dir, tmp_path):
+    inputs = sorted((ham_dir / "HAM10000_images_part_1").glob("*.jpg"))[:5]
+    out = tmp_path / "inference"
+    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+                              input=[str(p) for p in inputs], inference_dir=str(out)))
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["image_id"] for r in rows] == [p.stem for p in inputs]
+    for row, path in zip(rows, inputs):
+        probs = [float(row[f"p_{c}"]) for c in ("nv", "mel", "bkl", "bcc", "akiec", "vasc", "df")]
+        assert abs(sum(probs) - 1) < 1e-4 and row["prediction"] in ("nv", "mel", "bkl", "bcc", "akiec", "vasc", "df")
+        mask = np.asarray(Image.open(out / "masks" / f"{path.stem}_mask.png"))
+        assert mask.shape == np.asarray(Image.open(path)).shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
+def test_killed_training_resumes_without_redoing_epochs(ham_dir, tmp_path):
+    args = ["run", "training", "--config_file", str(HAM_CONFIGS / "train_segmenter.yaml"), "--bundle_root", str(tmp_path),
+            "--dataset_dir", str(ham_dir), "--image_size", "32", "--batch_size", "8", "--max_epochs", "3"]
+    checkpoints = tmp_path / "runs" / "segmenter" / "checkpoints"
+    process = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while latest_epoch_checkpoint(checkpoints) is None and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    killed_at = int(latest_epoch_checkpoint(checkpoints).stem.rsplit("_", 1)[1])
+    assert killed_at < 3, "the run finished before it could be killed"
+    saved = torch.load(latest_epoch_checkpoint(checkpoints), map_location="cpu", weights_only=True)
+    workflow = ham_workflow(tmp_path, ham_dir, ["train_segmenter.yaml"], max_epochs=3)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    epochs_run = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs_run.append(engine.state.epoch))
+    workflow.run()
+    assert epochs_run == list(range(killed_at + 1, 4))
+    assert trainer.state.iteration == saved["trainer"]["iteration"] + (3 - killed_at) * trainer.state.epoch_length
+    assert latest_epoch_checkpoint(checkpoints).name == "resume_checkpoint_3.pt"
+
+
+def test_verify_net_in_out_and_torchscript_export(trained_ham_bundle, tmp_path):
+    meta = str(HAM_CONFIGS / "metadata.json")
+    bundle_cli("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", str(HAM_CONFIGS / "train_classifier.yaml"))
+    bundle_cli("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", str(HAM_CONFIGS / "train_segmenter.yaml"),
+               "--_meta_#network_data_format#outputs#pred#num_channels", "2")
+    for name in ("classifier", "segmenter"):
+        exported = tmp_path / f"{name}.ts"
+        bundle_cli("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(trained_ham_bundle / "models" / f"{name}.pt"),
+                   "--meta_file", meta, "--config_file", str(HAM_CONFIGS / f"train_{name}.yaml"), "--key_in_ckpt", "model")
+        scripted = torch.jit.load(str(exported))
+        assert scripted(torch.rand(1, 3, 64, 64)).shape[1] == (7 if name == "classifier" else 2)
+
+
+def test_gpu_saved_checkpoint_loads_on_cpu(tmp_path, monkeypatch):
+    network = build_classifier(num_classes=7)
+    path = tmp_path / "gpu_saved.pt"
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # as torch.save writes CUDA tensors
+    torch.save({"model": network.state_dict()}, path)
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    fresh = load_pretrained(build_classifier(num_classes=7), path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), network.state_dict().values()))
+
+
+def test_pretrained_from_a_local_file_skips_the_other_task_head(tmp_path):
+    source = build_classifier(num_classes=1000)
+    torchvision_style = {k.replace(".layers.", ".") if "denselayer" in k else k: v for k, v in source.state_dict().items()}
+    torch.save(torchvision_style, tmp_path / "imagenet.pth")
+    network = build_classifier(num_classes=7, pretrained=str(tmp_path / "imagenet.pth"))
+    assert torch.equal(network.features.conv0.weight, source.features.conv0.weight)
+    assert torch.equal(network.features.denseblock1.denselayer1.layers.conv1.weight, source.features.denseblock1.denselayer1.layers.conv1.weight)
+    assert network.class_layers.out.weight.shape == (7, 1024)
+    with pytest.raises(ValueError, match="no weight matches"):
+        load_pretrained(build_classifier(num_classes=7), _save(tmp_path / "other.pt", {"foo": torch.zeros(3)}))
+
+
+def test_pretrained_download_offline_gives_a_clear_error(monkeypatch):
+    import monai.networks.nets.densenet as densenet
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(densenet, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match="pretrained=<path to a weights file>"):
+        build_classifier(pretrained=True)
+
+
+def _save(path: Path, obj) -> Path:
+    torch.save(obj, path)
+    return path
