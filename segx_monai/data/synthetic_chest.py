@@ -30,7 +30,6 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -156,18 +155,20 @@ class _Lung:
     mask: np.ndarray  # (size, size) bool
 
 
-@lru_cache(maxsize=8)
-def _blur_matrix(size: int, sigma: float) -> np.ndarray:
-    """Row-normalised Gaussian weights: ``M @ image @ M.T`` blurs an image by ``sigma`` pixels, edges renormalised."""
-    offsets = np.arange(size)[:, None] - np.arange(size)[None, :]
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2).astype(np.float32)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a square image by ``sigma`` pixels (two small matrix products)."""
-    matrix = _blur_matrix(image.shape[0], round(max(sigma, 0.3), 2))
-    return matrix @ image.astype(np.float32) @ matrix.T
+    """Gaussian blur by ``sigma`` pixels as a sum of shifted copies along each axis, edges repeated.
+
+    Written without matrix products: next to torch's threads, small BLAS calls can be a hundred times slower.
+    """
+    radius = max(1, int(np.ceil(3 * sigma)))
+    weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    weights /= weights.sum()
+    blurred = image.astype(np.float32)
+    for axis in (0, 1):
+        padded = np.pad(blurred, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
+        length = blurred.shape[axis]
+        blurred = sum(w * padded.take(np.arange(k, k + length), axis=axis) for k, w in enumerate(weights.astype(np.float32)))
+    return blurred
 
 
 def _lungs(rng: np.random.Generator, grid: _Grid) -> list[_Lung]:
@@ -320,40 +321,59 @@ def _paint_anatomy(rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]) ->
     body_half_width = rng.uniform(0.92, 0.98)
     body = np.clip((1 - (lateral / body_half_width) ** 4 - (np.abs(y - 0.15) / 1.1) ** 4) / 0.08, 0, 1)
     body = np.maximum(body, np.clip((0.24 - lateral) / 0.03, 0, 1) * (y < -0.5))  # the neck
-    picture = BACKGROUND + (TISSUE - BACKGROUND + 0.06 * np.clip(-y, 0, 1)) * body
+    picture = BACKGROUND + (TISSUE - BACKGROUND + 0.06 * np.clip(-y, 0, 1) - 0.05 * lateral**2) * body
     vertebrae = 0.5 + 0.5 * np.cos(2 * np.pi * y / rng.uniform(0.12, 0.14) + rng.uniform(0, 2 * np.pi))
-    picture += (0.1 + 0.05 * vertebrae) * np.clip((0.065 - lateral) / (2 * pixel), 0, 1) * body  # spine
+    picture += (0.08 + 0.05 * vertebrae) * np.clip((0.065 - lateral) / (2 * pixel), 0, 1) * body  # spine
     heart = ((x - 0.08) / 0.3) ** 2 + ((y - 0.32) / 0.22) ** 2
     picture += 0.06 * np.clip((1 - heart) / 0.2, 0, 1)
 
     lung_mask = (lungs[0].mask | lungs[1].mask).astype(np.float32)
-    lung_soft = np.clip(_blur(lung_mask, 0.6 * grid.size / 128), 0, 1)
-    lung_level = LUNG + 0.03 * _value_noise(rng, x, y, 6)
+    lung_soft = np.clip(_blur(lung_mask, grid.size / 128), 0, 1)
+    lung_level = LUNG + 0.05 * (y + 0.7) + 0.025 * _value_noise(rng, x, y, 10)  # denser towards the bases
     picture += (lung_level - picture) * lung_soft
+    apex_y, base_y = min(lung.outline[:, 1].min() for lung in lungs), max(lung.outline[:, 1].max() for lung in lungs)
+    picture += _ribs(rng, grid, apex_y, base_y, body_half_width) * body
+    return picture, lung_soft, _vessels(rng, grid, lungs)
 
-    apex_y = min(lung.outline[:, 1].min() for lung in lungs)
-    spacing = rng.uniform(0.12, 0.135)
-    rib_y = apex_y + 0.03 + spacing * np.arange(10)[:, None, None]
-    from_spine = np.maximum(lateral - 0.07, 0)
-    gap = np.abs(y - (rib_y - 0.22 * from_spine + 0.5 * from_spine**2)).min(axis=0)
-    ribs = np.clip((0.03 - gap) / pixel + 0.5, 0, 1) * (lateral > 0.07) * (lateral < body_half_width - 0.04)
-    clavicles = np.clip((0.028 - _polyline_distance(lateral, y, np.array([[0.1, apex_y - 0.02], [0.62, apex_y - 0.14]]))) / pixel + 0.5, 0, 1)
-    picture += (0.07 * ribs + 0.1 * clavicles) * body
 
+def _ribs(rng: np.random.Generator, grid: _Grid, apex_y: float, base_y: float, body_half_width: float) -> np.ndarray:
+    """Brightness of ten posterior ribs (arcs falling away from the spine, brighter edges) and the two clavicles."""
+    x, y, pixel = grid.x, grid.y, grid.pixel
+    lateral = np.abs(x)
+    from_spine = np.maximum(lateral - 0.06, 0)
+    spacing = rng.uniform(0.115, 0.13)
+    along = (y - apex_y + 0.02 + 0.15 * from_spine - 0.65 * from_spine**2) / spacing  # 0, 1, ... on rib centre lines
+    gap = np.abs(along - np.clip(np.rint(along), 0, 9)) * spacing
+    half_width = rng.uniform(0.02, 0.026)
+    band = np.clip((half_width - gap) / pixel + 0.5, 0, 1)
+    cortex = np.exp(-(((gap - half_width + 0.5 * pixel) / pixel) ** 2))
+    extent = np.clip((lateral - 0.06) / 0.03, 0, 1) * np.clip((body_half_width - 0.03 - lateral) / 0.05, 0, 1)
+    extent *= np.clip((base_y + 0.08 - y) / 0.1, 0, 1)  # ribs fade into the abdomen's soft tissue
+    clavicle = np.array([[0.08, apex_y - 0.04], [0.35, apex_y - 0.06], [0.62, apex_y - 0.16]]) + rng.normal(0, 0.015, (3, 2))
+    clavicles = np.clip((0.026 - _polyline_distance(lateral, y, clavicle)) / pixel + 0.5, 0, 1)
+    return (0.045 * band + 0.03 * cortex * (gap < half_width + pixel)) * extent + 0.09 * clavicles
+
+
+def _vessels(rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]) -> np.ndarray:
+    """Vessel markings: a dense hilum and branches fanning out from it, thinning and fading towards the periphery."""
+    x, y = grid.x, grid.y
     vessels = np.zeros_like(x)
     for lung in lungs:
-        hilum = np.array([0.2 * lung.side, -0.02])
-        for _ in range(7):
-            angle = (np.pi if lung.side < 0 else 0) + lung.side * rng.uniform(-1.2, 1.3)
-            length = rng.uniform(0.25, 0.5)
-            points = hilum + np.outer([0, 0.5, 1], length * np.array([np.cos(angle), np.sin(angle)]))
-            points[1:] += rng.normal(0, 0.03, (2, 2))
-            fade = np.clip(1 - np.hypot(x - hilum[0], y - hilum[1]) / (length + 0.1), 0, 1)
-            vessels += 0.07 * np.exp(-((_polyline_distance(x, y, points) / 0.014) ** 2)) * fade
-    return picture, lung_soft, vessels
+        hilum = np.array([0.2 * lung.side, rng.uniform(-0.08, 0.0)])
+        from_hilum = np.hypot(x - hilum[0], y - hilum[1])
+        vessels += 0.05 * np.exp(-((from_hilum / 0.1) ** 2))
+        for _ in range(8):
+            angle = (np.pi if lung.side < 0 else 0) + lung.side * rng.uniform(-1.3, 1.4)
+            length = rng.uniform(0.3, 0.55)
+            points = hilum + np.outer([0.1, 0.4, 0.7, 1], length * np.array([np.cos(angle), np.sin(angle)]))
+            points[1:] += rng.normal(0, 0.025, (3, 2))
+            reach = np.clip(from_hilum / length, 0, 1)
+            width = 0.02 - 0.013 * reach
+            vessels += 0.06 * np.exp(-((_polyline_distance(x, y, points) / width) ** 2)) * (1 - reach)
+    return vessels
 
 
-FINDING_BRIGHTNESS = {"Atelectasis": 0.26, "Consolidation": 0.24, "Effusion": 0.27, "Mass": 0.28, "Nodule": 0.3}
+FINDING_BRIGHTNESS = {"Atelectasis": 0.26, "Consolidation": 0.24, "Effusion": 0.3, "Mass": 0.28, "Nodule": 0.3}
 
 
 def _paint_findings(
@@ -405,7 +425,7 @@ def _confounder_opacity(rng: np.random.Generator, grid: _Grid, confounder: str) 
     if confounder == "tube":  # down the mediastinum into the stomach, with a radio-opaque stripe
         points = np.array([[0.0, -1.05], [0.0, -0.55], [0.02, 0.1], [0.04, 0.55], [0.22, 0.74], [0.34, 0.66]])
         points += rng.uniform(-0.03, 0.03, points.shape)
-        return 0.9 * _line(grid, points, 0.016)
+        return 0.85 * _line(grid, points, 0.012)
     if confounder == "ruler":  # a bar with a tick every 0.07 units, a long one every fifth
         bar_y, offset = rng.uniform(0.86, 0.9), rng.uniform(0, 0.07)
         tick = np.round((x - offset) / 0.07)

@@ -98,7 +98,7 @@ def _means_with_intervals(values: np.ndarray, n_bootstrap: int, seed: int) -> li
     return [{"mean": float(m), "ci": [float(lo), float(hi)]} for m, lo, hi in zip(values.mean(axis=0), low, high)]
 
 
-def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> dict[str, dict]:
     """Per localisation metric: mean raw, SegX and SegX - raw with intervals, over the rows that have both values."""
     results = {}
     for key, name in LOCALIZATION_METRICS.items():
@@ -132,7 +132,7 @@ def _auroc_interval(scores: torch.Tensor, correct: torch.Tensor, n_bootstrap: in
     return np.percentile(aurocs, [2.5, 97.5]).tolist() if len(aurocs) else [math.nan, math.nan]
 
 
-def _evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+def _evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> dict[str, dict]:
     """Per SegU score: mean for correct vs incorrect predictions, AUROC for correctness with interval, and AURC."""
     results = {}
     for key, name in CERTAINTY_SCORES.items():
@@ -207,6 +207,14 @@ def _select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int
         first_of_image = np.sort(np.unique(ids[ranked], return_index=True)[1])
         selected[section] = ranked[first_of_image][:size].tolist()
     return selected
+
+
+def write_run_info(interpret_dir: str | Path, settings: dict, **extra: object) -> Path:
+    """Write the settings of an interpretation run to ``run.json`` beside its outputs, for the report and for audit."""
+    path = Path(interpret_dir) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe({**settings, **extra}), indent=1, default=str))
+    return path
 
 
 def _read_json(path: Path) -> dict:

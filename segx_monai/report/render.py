@@ -36,12 +36,12 @@ figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 
 def fmt(value: object) -> str:
     """A number with 3 decimals (integers as they are), ``n/a`` for a missing or NaN value, other values as text."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
     if isinstance(value, (bool, int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return f"{value:.3f}"
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    if value is None:
+        return "n/a"
     return value if isinstance(value, str) else json.dumps(value)
 
 

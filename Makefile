@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make demo`  (set up, train and interpret on the built-in data)  and  `make test`.
+# The virtual environment gets torch first (TORCH, a CPU build by default), then this package and its dependencies,
+# so pip never replaces it with the multi-GB CUDA build. GPU users: make setup TORCH="torch --index-url <CUDA wheel index>".
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+DEMO ?= ham
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+benchmark: setup
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) bundles/*/data bundles/*/models/*.pt bundles/*/runs bundles/*/interpret bundles/*/inference bundles/*/datalists

@@ -1,0 +1,27 @@
+"""``segx-monai`` command: the built-in data generators and the report, next to ``python -m monai.bundle``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+COMMANDS = {
+    "generate-ham": ("segx_monai.data.synthetic_derm", "write the synthetic dermoscopy set in the HAM10000 layout"),
+    "generate-chest": ("segx_monai.data.synthetic_chest", "write the synthetic chest X-ray set in the ChestX-Det10 layout"),
+    "report": ("segx_monai.report", "rebuild report.html of an interpretation folder"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Dispatch ``segx-monai <command> [args]`` to the command module's own ``main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:16s} {help_}" for name, (_, help_) in COMMANDS.items())
+        print(f"usage: segx-monai <command> [--help]\n\ncommands:\n{lines}")
+        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
