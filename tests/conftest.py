@@ -15,6 +15,17 @@ HAM_CONFIGS = REPO / "bundles" / "ham_segx" / "configs"
 
 torch.set_num_threads(2)
 
+# 4x4 golden-test helpers shared by the metric tests
+RAMP = torch.arange(16.0).view(1, 1, 4, 4)  # rows 0-3, 4-7, 8-11, 12-15
+EMPTY = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+
+
+def block(rows, cols):
+    """Boolean (1, 1, 4, 4) image, True on the given row and column slices."""
+    image = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    image[0, 0, rows, cols] = True
+    return image
+
 # tiny settings for every HAM workflow in the tests: small images, one epoch, small batches, a narrow U-Net
 TINY = {"image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "interpret_batch_size": 8, "shap_samples": 4, "n_baselines": 4}
 

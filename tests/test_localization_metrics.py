@@ -18,15 +18,7 @@ from segx_monai.metrics import (
     compute_relevance_mass,
 )
 
-RAMP = torch.arange(16.0).view(1, 1, 4, 4)  # rows 0-3, 4-7, 8-11, 12-15
-EMPTY = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-
-
-def block(rows, cols):
-    """Boolean (1, 1, 4, 4) image, True on the given row and column slices."""
-    image = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-    image[0, 0, rows, cols] = True
-    return image
+from conftest import EMPTY, RAMP, block
 
 
 BOTTOM_RIGHT_2X2 = block(slice(2, 4), slice(2, 4))

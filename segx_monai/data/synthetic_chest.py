@@ -43,13 +43,13 @@ from segx_monai.io.dicom_writer import write_dicom_variant
 FINDINGS_DRAWN = ("Atelectasis", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
 # Per-image probability of each finding, drawn independently: (1 - p) multiplied over findings gives ~0.33 no finding.
 FINDING_PROBABILITY = np.array([0.15, 0.2, 0.22, 0.12, 0.2, 0.12])
-FINDING_CONFOUNDER = {
+FINDING_CONFOUNDER = {  # the most conspicuous confounders go with the most conspicuous findings
     "Atelectasis": "ruler",
-    "Consolidation": "tube",
-    "Effusion": "marker_L",
+    "Consolidation": "marker_R",
+    "Effusion": "tube",
     "Mass": "collimation",
-    "Nodule": "ecg_leads",
-    "Pneumothorax": "marker_R",
+    "Nodule": "marker_L",
+    "Pneumothorax": "ecg_leads",
 }
 CONFOUNDERS = tuple(FINDING_CONFOUNDER.values())
 FOLDERS = {"train": "train_data", "test": "test_data"}
@@ -221,18 +221,18 @@ def _blob(rng: np.random.Generator, centre: np.ndarray, radius: float, n: int, w
 
 
 def _nodule(rng, lung, grid, attempt):
-    """A small round spot, 0.04 to 0.06 in radius."""
-    return _blob(rng, _random_point(rng, lung, grid), rng.uniform(0.04, 0.06) * 0.97**attempt, 12, 0.06), None
+    """A small round spot, 0.045 to 0.065 in radius."""
+    return _blob(rng, _random_point(rng, lung, grid), rng.uniform(0.045, 0.065) * 0.97**attempt, 12, 0.06), None
 
 
 def _mass(rng, lung, grid, attempt):
-    """A large lobulated blob, 0.10 to 0.15 in radius."""
-    return _blob(rng, _random_point(rng, lung, grid), rng.uniform(0.1, 0.15) * 0.97**attempt, 16, 0.12), None
+    """A large, dense, sharp-edged lobulated blob, 0.09 to 0.13 in radius."""
+    return _blob(rng, _random_point(rng, lung, grid), rng.uniform(0.09, 0.13) * 0.97**attempt, 16, 0.12), None
 
 
 def _consolidation(rng, lung, grid, attempt):
-    """An irregular region, 0.11 to 0.17 in radius, painted patchy."""
-    radius = rng.uniform(0.11, 0.17) * 0.97**attempt
+    """An irregular region, 0.13 to 0.19 in radius, painted patchy with blurred edges."""
+    radius = rng.uniform(0.13, 0.19) * 0.97**attempt
     return _blob(rng, _random_point(rng, lung, grid), radius, 16, 0.25, rng.uniform(0.8, 1.3)), None
 
 
@@ -373,7 +373,8 @@ def _vessels(rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]) -> np.nd
     return vessels
 
 
-FINDING_BRIGHTNESS = {"Atelectasis": 0.26, "Consolidation": 0.24, "Effusion": 0.3, "Mass": 0.28, "Nodule": 0.3}
+FINDING_BRIGHTNESS = {"Atelectasis": 0.26, "Consolidation": 0.3, "Effusion": 0.3, "Mass": 0.34, "Nodule": 0.32}
+EDGE_BLUR = {"Consolidation": 1.6, "Effusion": 1.5}  # in pixels at 128 x 128; sharp-edged (0.6) otherwise
 
 
 def _paint_findings(
@@ -381,16 +382,16 @@ def _paint_findings(
     instances: list[tuple], masks: np.ndarray,
 ) -> np.ndarray:
     """Add the vessels, hidden where fluid, air or consolidation fill the lung, and the findings' opacities."""
-    soft = {f: _blur(m.astype(np.float32), (1.5 if f == "Effusion" else 0.6) * grid.size / 128) for f, m in zip(FINDINGS_DRAWN, masks)}
+    soft = {f: _blur(m, EDGE_BLUR.get(f, 0.6) * grid.size / 128) for f, m in zip(FINDINGS_DRAWN, masks)}
     hidden = np.clip(soft["Effusion"] + soft["Pneumothorax"] + 0.7 * soft["Consolidation"], 0, 1)
     picture = picture + vessels * lung_soft * (1 - hidden)
-    patchy = np.clip(0.65 + 0.5 * _value_noise(rng, grid.x, grid.y, 14), 0.25, 1)
+    patchy = np.clip(0.75 + 0.4 * _value_noise(rng, grid.x, grid.y, 14), 0.4, 1)
     opacity = sum(FINDING_BRIGHTNESS[f] * soft[f] * (patchy if f == "Consolidation" else 1) for f in FINDING_BRIGHTNESS)
-    picture += (opacity - 0.07 * soft["Pneumothorax"]) * lung_soft
+    picture += (opacity - 0.09 * soft["Pneumothorax"]) * lung_soft
     for _, _, pleura in instances:
         if pleura is not None:
             line = np.exp(-((_polyline_distance(grid.x, grid.y, pleura) / (0.7 * grid.pixel)) ** 2))
-            picture += 0.14 * line * lung_soft
+            picture += 0.16 * line * lung_soft
     return picture
 
 

@@ -11,58 +11,45 @@ from collections.abc import Callable
 from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import MetricReduction
 
-from segx_monai.metrics.localization import AUITCMetric, HitRateMetric, IoUAtQMetric, RelevanceMassMetric
+from segx_monai.metrics.localization import AUITCMetric, HitRateMetric, IoUAtQMetric, PerSampleScoreMetric, RelevanceMassMetric
 
 
-class IoUAtQ(IgniteMetricHandler):
-    """Mean IoU@q over an epoch (see ``segx_monai.metrics.compute_iou_at_q``); empty ground truths are skipped."""
+class LocalizationHandler(IgniteMetricHandler):
+    """One localisation metric over an epoch; subclasses name the metric, its own options (``q``, ``n_thresholds``)
+    pass through as keyword arguments."""
 
-    def __init__(
-        self,
-        q: float = 0.05,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric_fn = IoUAtQMetric(q=q, reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-
-class AUITC(IgniteMetricHandler):
-    """Mean AUITC over an epoch (see ``segx_monai.metrics.compute_auitc``); empty ground truths are skipped."""
-
-    def __init__(
-        self,
-        n_thresholds: int = 101,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric_fn = AUITCMetric(n_thresholds=n_thresholds, reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-
-class HitRate(IgniteMetricHandler):
-    """Pointing-game hit rate over an epoch (see ``segx_monai.metrics.compute_hit``); empty ground truths skipped."""
+    metric: type[PerSampleScoreMetric]
 
     def __init__(
         self,
         reduction: MetricReduction | str = MetricReduction.MEAN,
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
+        **metric_options,
     ) -> None:
-        metric_fn = HitRateMetric(reduction=reduction)
+        metric_fn = self.metric(reduction=reduction, **metric_options)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
-class RelevanceMass(IgniteMetricHandler):
+class IoUAtQ(LocalizationHandler):
+    """Mean IoU@q (option ``q``, default 0.05) over an epoch (``segx_monai.metrics.compute_iou_at_q``); empty ground truths skipped."""
+
+    metric = IoUAtQMetric
+
+
+class AUITC(LocalizationHandler):
+    """Mean AUITC (option ``n_thresholds``, default 101) over an epoch (``segx_monai.metrics.compute_auitc``); empty ground truths skipped."""
+
+    metric = AUITCMetric
+
+
+class HitRate(LocalizationHandler):
+    """Pointing-game hit rate over an epoch (``segx_monai.metrics.compute_hit``); empty ground truths skipped."""
+
+    metric = HitRateMetric
+
+
+class RelevanceMass(LocalizationHandler):
     """Mean relevance mass over an epoch (``segx_monai.metrics.compute_relevance_mass``); undefined samples skipped."""
 
-    def __init__(
-        self,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric_fn = RelevanceMassMetric(reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    metric = RelevanceMassMetric
