@@ -61,6 +61,8 @@ def test_inference_workflow_properties_and_outputs(trained_ham_bundle, ham_dir, 
         assert abs(sum(probs) - 1) < 1e-4 and row["prediction"] in ("nv", "mel", "bkl", "bcc", "akiec", "vasc", "df")
         mask = np.asarray(Image.open(out / "masks" / f"{path.stem}_mask.png"))
         assert mask.shape == np.asarray(Image.open(path)).shape[:2] and set(np.unique(mask)) <= {0, 255}
+        assert 0 <= float(row["ciou"]) <= 1 and row["review"] in ("0", "1")
+        assert (out / "maps" / f"{path.stem}_segx.nii.gz").is_file() and (out / "overlays" / f"{path.stem}.png").is_file()
 
 
 def test_killed_training_resumes_without_redoing_epochs(ham_dir, tmp_path):

@@ -231,8 +231,8 @@ def _mass(rng, lung, grid, attempt):
 
 
 def _consolidation(rng, lung, grid, attempt):
-    """An irregular region, 0.13 to 0.19 in radius, painted patchy with blurred edges."""
-    radius = rng.uniform(0.13, 0.19) * 0.97**attempt
+    """An irregular region, 0.15 to 0.22 in radius, painted patchy with blurred edges."""
+    radius = rng.uniform(0.15, 0.22) * 0.97**attempt
     return _blob(rng, _random_point(rng, lung, grid), radius, 16, 0.25, rng.uniform(0.8, 1.3)), None
 
 
