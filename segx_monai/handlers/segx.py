@@ -119,7 +119,8 @@ class LocalizationScores(IterationHandler):
     The ground truth ``gt_key`` is read from the batch: ``(1, *spatial)`` for one clinical region, or ``(K, *spatial)``
     with ``per_class`` (one mask per finding, the explained class's channel is used). Rows without ground truth get
     NaN. Running means (NaN excluded) go to ``engine.state.metrics`` and the mean IoU-vs-threshold curves of both
-    maps to ``curves_path`` (JSON) at the end; nothing else is kept between iterations.
+    maps to ``curves_path`` (JSON) at the end; nothing else is kept between iterations. ``prefix`` tells apart the
+    columns of a second ground truth (e.g. the findings' own masks beside the lungs).
     """
 
     METRICS = {"iou_at_q": compute_iou_at_q, "auitc": compute_auitc, "hit": compute_hit, "relevance_mass": compute_relevance_mass}
@@ -127,9 +128,9 @@ class LocalizationScores(IterationHandler):
 
     def __init__(
         self, gt_key: str = "mask", per_class: bool = False, q: float = 0.05, n_thresholds: int = 101,
-        curves_path: str | Path | None = None,
+        curves_path: str | Path | None = None, prefix: str = "",
     ) -> None:
-        self.gt_key, self.per_class, self.q, self.curves_path = gt_key, per_class, q, curves_path
+        self.gt_key, self.per_class, self.q, self.curves_path, self.prefix = gt_key, per_class, q, curves_path, prefix
         self.thresholds = torch.linspace(0, 1, n_thresholds)
 
     def attach(self, engine: Engine) -> None:
@@ -138,7 +139,7 @@ class LocalizationScores(IterationHandler):
         engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.sums = {f"{m}_{v}": 0.0 for m in self.METRICS for v in self.MAPS}
+        self.sums = {f"{self.prefix}{m}_{v}": 0.0 for m in self.METRICS for v in self.MAPS}
         self.counts = dict.fromkeys(self.sums, 0)
         self.curve_sums = {v: torch.zeros(len(self.thresholds), dtype=torch.float64) for v in self.MAPS}
         self.curve_count = 0
@@ -160,7 +161,7 @@ class LocalizationScores(IterationHandler):
             for metric, fn in self.METRICS.items():
                 kwargs = {"q": self.q} if metric == "iou_at_q" else {"n_thresholds": len(self.thresholds)} if metric == "auitc" else {}
                 values = fn(maps, gt, **kwargs).double().cpu()
-                name = f"{metric}_{variant}"
+                name = f"{self.prefix}{metric}_{variant}"
                 for row, value in zip(rows, values.tolist()):
                     row[name] = value
                 defined = ~values.isnan()

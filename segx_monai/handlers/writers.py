@@ -8,6 +8,7 @@ of this package fill those dicts; :class:`SampleTableWriter` streams them to CSV
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -69,12 +70,48 @@ class PredictionColumns(IterationHandler):
                 row.update(columns)
 
 
+class MultiLabelPredictionColumns(IterationHandler):
+    """Fills each row of a multi-label prediction: the explained finding's probability and decision threshold, and,
+    when labels are known, whether the finding is really present (``correct``: a true, not a false, positive).
+
+    Every class probability and the list of predicted findings go to each row too; an image with no finding above
+    its threshold keeps one row with an empty ``finding``.
+    """
+
+    def __init__(self, class_names: Sequence[str], thresholds: Sequence[float], pred_key: str = "pred", label_key: str = "label") -> None:
+        self.class_names, self.thresholds = list(class_names), torch.as_tensor(thresholds, dtype=torch.float32)
+        self.pred_key, self.label_key = pred_key, label_key
+
+    def __call__(self, engine: Engine) -> None:
+        for batch_item, item in iterate_items(engine):
+            probs = item[self.pred_key].detach().float().cpu()
+            positive = probs >= self.thresholds
+            label = batch_item.get(self.label_key)
+            shared = {"predicted_findings": ";".join(n for n, p in zip(self.class_names, positive) if p)}
+            shared.update({f"p_{name}": float(p) for name, p in zip(self.class_names, probs)})
+            rows = item.get(ROWS_KEY) or [{"finding": ""}]
+            item[ROWS_KEY] = rows
+            for row in rows:
+                k = self.class_names.index(row["finding"]) if row.get("finding") else None
+                row.update(probability=float(probs[k]) if k is not None else float("nan"), threshold=float(self.thresholds[k]) if k is not None else float("nan"))
+                if label is not None:
+                    truth = torch.as_tensor(label).float().cpu()
+                    row.update(label=";".join(n for n, t in zip(self.class_names, truth) if t > 0),
+                               correct=int(bool(truth[k] > 0)) if k is not None else int(bool((truth > 0).sum() == 0)))
+                row.update(shared)
+
+
 class SampleTableWriter(IterationHandler):
-    """Streams the rows to CSV with the sample id first; the columns are those of the first row."""
+    """Streams the rows, sample id first, to ``path`` (CSV) with the union of all rows' columns in first-seen order.
+
+    Rows go to a JSON-lines file as they come and become the CSV at the end (two streamed passes), since a row of a
+    late sample may have columns the first one lacked (e.g. an image with no finding has no SegU score).
+    """
 
     def __init__(self, path: str | Path, id_key: str = "image_id") -> None:
         self.path, self.id_key = Path(path), id_key
-        self._file = self._writer = None
+        self.lines_path = self.path.with_suffix(".jsonl")
+        self._lines = None
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
@@ -82,20 +119,26 @@ class SampleTableWriter(IterationHandler):
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.close)
 
     def __call__(self, engine: Engine) -> None:
+        if self._lines is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lines = open(self.lines_path, "w")
         for batch_item, item in iterate_items(engine):
             for row in item_rows(item):
-                if self._writer is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = open(self.path, "w", newline="")
-                    self._writer = csv.DictWriter(self._file, fieldnames=[self.id_key, *row], restval="", extrasaction="ignore")
-                    self._writer.writeheader()
-                self._writer.writerow({self.id_key: str(batch_item[self.id_key]), **row})
+                self._lines.write(json.dumps({self.id_key: str(batch_item[self.id_key]), **row}) + "\n")
 
     def close(self, engine: Engine | None = None, *_) -> None:
-        if self._file is not None:
-            self._file.close()
-            logger.info("Wrote %s", self.path)
-        self._file = self._writer = None
+        if self._lines is None:
+            return
+        self._lines.close()
+        self._lines = None
+        with open(self.lines_path) as lines:
+            columns = list(dict.fromkeys(key for line in lines for key in json.loads(line)))
+        with open(self.lines_path) as lines, open(self.path, "w", newline="") as table:
+            writer = csv.DictWriter(table, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(json.loads(line) for line in lines)
+        self.lines_path.unlink()
+        logger.info("Wrote %s", self.path)
 
 
 class MaskWriter(IterationHandler):

@@ -78,3 +78,23 @@ class MacroAUROC(CumulativeIterationMetric):
         k = buffer.shape[1] // 2
         auroc = per_class_auroc(buffer[:, :k], buffer[:, k:])
         return auroc if self.per_class else auroc.nanmean()
+
+
+def f1_optimal_thresholds(probs: torch.Tensor, labels: torch.Tensor, default: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class decision thresholds of a multi-label classifier that maximise F1 on ``(N, K)`` probabilities/labels.
+
+    Predicting "positive" for ``p >= threshold``; every distinct probability is a candidate (sorted, cumulative
+    counts: one pass per class). A class without positives keeps ``default`` and an F1 of NaN.
+    """
+    order = probs.argsort(0, descending=True)
+    sorted_probs, sorted_labels = probs.gather(0, order), labels.gather(0, order).double()
+    true_positives = sorted_labels.cumsum(0)
+    predicted = torch.arange(1, probs.shape[0] + 1, dtype=torch.float64, device=probs.device)[:, None]
+    f1 = 2 * true_positives / (predicted + sorted_labels.sum(0))
+    # only the last of tied probabilities is a real cut: earlier ones would split equal scores
+    last_of_tie = torch.ones_like(sorted_probs, dtype=torch.bool)
+    last_of_tie[:-1] = sorted_probs[:-1] != sorted_probs[1:]
+    best = torch.where(last_of_tie, f1, -1.0).argmax(0)
+    has_positive = sorted_labels.sum(0) > 0
+    thresholds = torch.where(has_positive, sorted_probs.gather(0, best[None])[0].double(), default)
+    return thresholds, torch.where(has_positive, f1.gather(0, best[None])[0], torch.nan)
