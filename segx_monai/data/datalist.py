@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from monai.data import load_decathlon_datalist
 
+from segx_monai.io.dicom import is_dicom
+
 
 class DatasetError(ValueError):
     """A data set file, row or folder that is not what the indexer expects; the message names it."""
@@ -84,9 +86,10 @@ def segmentation_items(items: Sequence[dict], mask_key: str = "mask") -> list[di
 
 
 def image_items(inputs: str | Path | Sequence[str | Path], suffixes: Sequence[str] = (".jpg", ".jpeg", ".png", ".dcm")) -> list[dict]:
-    """``{"image", "image_id"}`` items for inference from a folder (searched recursively) or a list of image files."""
+    """``{"image", "image_id", "image_path"}`` items for inference from a folder (searched recursively) or a list of
+    image files; ``image_path`` survives loading, for writers that go back to the source file (DICOM UIDs)."""
     if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
-        paths = sorted(p for p in Path(inputs).rglob("*") if p.suffix.lower() in suffixes)
+        paths = sorted(p for p in Path(inputs).rglob("*") if p.is_file() and (p.suffix.lower() in suffixes or (not p.suffix and is_dicom(p))))
         if not paths:
             raise DatasetError(f"{inputs}: no images ({'/'.join(suffixes)}) found in it or its sub-folders.")
     else:
@@ -94,4 +97,11 @@ def image_items(inputs: str | Path | Sequence[str | Path], suffixes: Sequence[st
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise DatasetError(f"input image(s) not found: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return [{"image": str(p), "image_id": p.stem} for p in paths]
+    return [{"image": str(p), "image_id": p.stem, "image_path": str(p)} for p in paths]
+
+
+def positive_weights(labels: Sequence[Sequence[float]]) -> torch.Tensor:
+    """``BCEWithLogitsLoss`` positive weights ``n_negative / n_positive`` per class of a multi-hot training set (1 when absent)."""
+    labels = torch.as_tensor([list(label) for label in labels], dtype=torch.float64)
+    positives = labels.sum(0)
+    return torch.where(positives > 0, (len(labels) - positives) / positives.clamp(min=1), 1.0).float()

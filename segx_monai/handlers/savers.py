@@ -8,11 +8,14 @@ from pathlib import Path
 import matplotlib
 import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 from ignite.engine import Engine
 from PIL import Image
 
 from segx_monai.handlers.writers import IterationHandler, iterate_items
+from segx_monai.io.dicom import is_dicom
+from segx_monai.io.dicom_writer import write_secondary_capture
 
 _COLORMAP = matplotlib.colormaps["jet"]
 
@@ -78,3 +81,27 @@ class ExplanationSaver(IterationHandler):
                     strip = overlay_strip(picture, raw, item["region_mask"][n, 0].cpu().numpy(), segx_map)
                     scale = max(1, self.display_size // picture.shape[0])
                     Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST).save(self.output_dir / "overlays" / f"{stem}.png")
+
+
+class DicomOverlayWriter(IterationHandler):
+    """For each explained DICOM input, writes the image | SegX overlay as a Secondary Capture in a new series of the
+    source study (``<id>[_<finding>]_segx.dcm``), referencing the source image, so the map can go to a PACS."""
+
+    def __init__(self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], path_key: str = "image_path", id_key: str = "image_id") -> None:
+        self.output_dir, self.mean, self.std, self.path_key, self.id_key = Path(output_dir), mean, std, path_key, id_key
+
+    def __call__(self, engine: Engine) -> None:
+        for batch_item, item in iterate_items(engine):
+            source = batch_item.get(self.path_key)
+            if source is None or not is_dicom(source):
+                continue
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+            picture = display_image(item["image"], self.mean, self.std)
+            for n, row in enumerate(item["rows"][: item["map"].shape[0]]):
+                segx_map = item["segx_map"][n, 0].float().cpu().numpy()
+                top = segx_map.max()
+                overlay = np.concatenate([picture, heat_overlay(picture, segx_map / top if top > 0 else segx_map)], axis=1)
+                stem = "_".join([str(batch_item[self.id_key])] + ([row["finding"].replace(" ", "_")] if row.get("finding") else []))
+                write_secondary_capture(np.ascontiguousarray(overlay), self.output_dir / f"{stem}_segx.dcm", header,
+                                        series_description=f"SegX overlay{' ' + row['finding'] if row.get('finding') else ''}")
