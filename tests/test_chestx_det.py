@@ -151,7 +151,7 @@ def test_finding_masksd_uses_numpy_order_and_the_image_size(tmp_path):
     expected[1:3, 7:10] = 1
     np.testing.assert_array_equal(masks[CALCIFICATION], expected)
     resized = Resized("image", (12, 20))(load(item))
-    with pytest.raises(ValueError, match="before resizing"):
+    with pytest.raises(ValueError, match=r"went through \[.Resize.\]; apply FindingMasksd before spatial"):
         FindingMasksd("image")(resized)
 
 

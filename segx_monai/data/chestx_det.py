@@ -135,7 +135,10 @@ def polygon_mask(points: Sequence[Sequence[float]], shape: tuple[int, int]) -> n
     canvas = Image.new("L", (shape[1], shape[0]))
     xy = [(float(x), float(y)) for x, y in points]
     draw = ImageDraw.Draw(canvas)
-    draw.polygon(xy, fill=1, outline=1) if len(xy) > 1 else draw.point(xy, fill=1)
+    if len(xy) > 1:
+        draw.polygon(xy, fill=1, outline=1)
+    elif xy:
+        draw.point(xy, fill=1)  # PIL draws no polygon of a single point
     return np.asarray(canvas, dtype=np.uint8)
 
 
@@ -180,13 +183,13 @@ class FindingMasksd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            shape = tuple(image.shape[-2:] if image.ndim == 3 else image.shape)
-            original = getattr(image, "meta", {}).get("spatial_shape")
-            if original is not None and tuple(int(s) for s in original) != shape:
+            applied = [operation["class"] for operation in getattr(image, "applied_operations", [])]
+            if applied:
                 raise ValueError(
-                    f"{key!r} of {d.get('image_id')!r} is {shape} but was loaded as {tuple(original)}; apply FindingMasksd "
-                    "before resizing, since boxes and polygons are in pixels of the image as loaded."
+                    f"{key!r} of {d.get('image_id')!r} went through {applied}; apply FindingMasksd before spatial "
+                    "transforms (resizing, cropping), since boxes and polygons are in pixels of the image as loaded."
                 )
+            shape = tuple(image.shape[-2:] if image.ndim == 3 else image.shape)
             d[self.name] = finding_masks(d, shape, self.findings)
         return d
 

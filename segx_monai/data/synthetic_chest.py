@@ -420,9 +420,9 @@ def _confounder_opacity(rng: np.random.Generator, grid: _Grid, confounder: str) 
     """Opacity of one confounder, placed where the lungs never are: corners, midline, bottom and side edges."""
     x, y, pixel = grid.x, grid.y, grid.pixel
     if confounder in ("marker_R", "marker_L"):
-        cell = rng.uniform(0.028, 0.034)
-        left = rng.uniform(-0.95, -0.88) if confounder == "marker_R" else rng.uniform(0.76, 0.8)
-        return _glyph(grid, confounder[-1], left, rng.uniform(-0.96, -0.9), cell)
+        cell = rng.uniform(0.036, 0.042)
+        left = rng.uniform(-0.96, -0.9) if confounder == "marker_R" else rng.uniform(0.73, 0.78)
+        return _glyph(grid, confounder[-1], left, rng.uniform(-0.97, -0.92), cell)
     if confounder == "tube":  # down the mediastinum into the stomach, with a radio-opaque stripe
         points = np.array([[0.0, -1.05], [0.0, -0.55], [0.02, 0.1], [0.04, 0.55], [0.22, 0.74], [0.34, 0.66]])
         points += rng.uniform(-0.03, 0.03, points.shape)

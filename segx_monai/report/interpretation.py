@@ -60,8 +60,17 @@ EXPLAIN = {
 }
 
 
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell or "nan")
+        return True
+    except ValueError:
+        return False
+
+
 def load_samples(path: str | Path) -> dict[str, np.ndarray]:
-    """``samples.csv`` as columns: ids and class names as strings, every other column as floats (empty = NaN)."""
+    """``samples.csv`` as columns: ids, class names and any column with a non-numeric cell as strings, every other
+    column as floats (empty = NaN)."""
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
@@ -70,7 +79,7 @@ def load_samples(path: str | Path) -> dict[str, np.ndarray]:
     samples = {}
     for name in reader.fieldnames:
         cells = np.array([(row[name] or "").strip() for row in rows], dtype=str)
-        samples[name] = cells if name in TEXT_COLUMNS else np.where(cells == "", "nan", cells).astype(float)
+        samples[name] = cells if name in TEXT_COLUMNS or not all(map(_is_number, cells)) else np.where(cells == "", "nan", cells).astype(float)
     return samples
 
 
