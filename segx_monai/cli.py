@@ -10,6 +10,7 @@ COMMANDS = {
     "generate-ham": ("segx_monai.data.synthetic_derm", "write the synthetic dermoscopy set in the HAM10000 layout"),
     "generate-chest": ("segx_monai.data.synthetic_chest", "write the synthetic chest X-ray set in the ChestX-Det10 layout"),
     "report": ("segx_monai.report", "rebuild report.html of an interpretation folder"),
+    "search": ("segx_monai.search.cli", "hyper-parameter search of a bundle train config on the validation fold"),
 }
 
 

@@ -66,3 +66,33 @@ def trained_ham_bundle(tmp_path_factory, ham_dir) -> Path:
     for config in ("train_classifier.yaml", "train_segmenter.yaml"):
         run_workflow(ham_workflow(root, ham_dir, [config]))
     return root
+
+
+CHEST_CONFIGS = REPO / "bundles" / "chestx_segx" / "configs"
+CHEST_TINY = {**TINY, "image_size": 64}
+
+
+def chest_workflow(bundle_root: Path, dataset_dir: Path, configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
+    """A ConfigWorkflow of the chest bundle on ``dataset_dir`` writing to ``bundle_root``, with the tiny settings."""
+    return ConfigWorkflow(
+        config_file=[str(CHEST_CONFIGS / c) for c in configs], meta_file=str(CHEST_CONFIGS / "metadata.json"),
+        logging_file=str(CHEST_CONFIGS / "logging.conf"), workflow_type=workflow_type,
+        bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), **{**CHEST_TINY, **overrides},
+    )
+
+
+@pytest.fixture(scope="session")
+def chest_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic ChestX-Det10 in the real layout, with lung masks, polygons and DICOM copies (64x64)."""
+    from segx_monai.data.synthetic_chest import generate_chestx_like
+
+    return generate_chestx_like(tmp_path_factory.mktemp("chest") / "ChestX-Det10", n_train=60, n_test=20, image_size=64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_chest_bundle(tmp_path_factory, chest_dir) -> Path:
+    """A chest bundle root with a classifier (and its thresholds) and a lung segmenter trained one epoch."""
+    root = tmp_path_factory.mktemp("chest_bundle")
+    for config in ("train_classifier.yaml", "train_segmenter.yaml"):
+        run_workflow(chest_workflow(root, chest_dir, [config]))
+    return root

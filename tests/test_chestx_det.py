@@ -27,7 +27,8 @@ from segx_monai.io import write_dicom_variant
 
 ATELECTASIS, CALCIFICATION, EFFUSION, NODULE, PNEUMOTHORAX = 0, 1, 3, 8, 9  # positions in CHESTX_DET10_FINDINGS
 DET10 = [
-    {"file_name": "36199.png", "syms": ["Atelectasis", "Nodule", "Nodule"], "boxes": [[1, 2, 5, 4], [10, 10, 12, 12], [3, 9, 4, 11]]},
+    {"file_name": "36199.png", "syms": ["Atelectasis", "Nodule", "Nodule"],
+     "boxes": [[1, 2, 5, 4], [10, 10, 12, 12], [3, 9, 4, 11]]},
     {"file_name": "36302.png", "syms": [], "boxes": []},
     {"file_name": "36331.png", "syms": ["Pneumothorax"], "boxes": [[0, 0, 15, 3]]},
 ]
@@ -162,15 +163,17 @@ def test_finding_masksd_uses_numpy_order_and_the_image_size(tmp_path):
         ([{"file_name": "1.png", "syms": ["Atelectasis", "Cardiomegaly"], "boxes": [[0, 0, 1, 1]] * 2}],
          r"entry 0 \(file_name '1.png'\): unknown finding\(s\) \['Cardiomegaly'\]; expected names from \['Atelectasis', "),
         ([{"file_name": "1.png", "syms": ["Nodule", "Mass"], "boxes": [[0, 0, 1, 1]]}],
-         r"entry 0 \(file_name '1.png'\): 2 syms but boxes .*one \[x1, y1, x2, y2\] per sym"),
+         r"entry 0 \(file_name .1.png.\): 2 syms, boxes .*one \[x1, y1, x2, y2\] per sym"),
         ([{"file_name": "1.png", "syms": [], "boxes": []}, {"syms": ["Nodule"], "boxes": [[0, 0, 1, 1]]}],
          r"entry 1 \(file_name None\): no 'file_name'"),
         ([{"file_name": "1.png", "syms": [], "boxes": []}, {"file_name": "1.png", "syms": [], "boxes": []}],
          r"entry 1 \(file_name '1.png'\): file_name listed twice \(first at entry 0\)"),
         ([{"file_name": "1.png", "boxes": []}], r"entry 0 .*'syms' is None; expected a list of finding names"),
-        ([{"file_name": "1.png", "syms": ["Mass"], "boxes": [[0, "1", 2, 3]]}], r"box \[0, '1', 2, 3\]; expected four numbers"),
+        ([{"file_name": "1.png", "syms": ["Mass"], "boxes": [[0, "1", 2, 3]]}],
+         r"box \[0, '1', 2, 3\]; expected four numbers"),
         ([{"file_name": "1.png", "syms": ["Mass"], "boxes": [[5, 0, 2, 3]]}], "x2 < x1 or y2 < y1"),
-        ([{"file_name": "1.png", "syms": ["Mass"], "boxes": [[0, 0, 2, 3]], "polygons": []}], "expected one polygon per sym"),
+        ([{"file_name": "1.png", "syms": ["Mass"], "boxes": [[0, 0, 2, 3]], "polygons": []}],
+         "expected one polygon per sym"),
         ([{"file_name": "1.png", "syms": ["Mass"], "boxes": [[0, 0, 2, 3]], "polygons": [[[0, 0], [1]]]}],
          r"expected a list of \[x, y\] number pairs"),
     ],
@@ -194,24 +197,32 @@ def test_invalid_json_is_named(tmp_path):
 # ------------------------------------------------------------------------------------------------- datalist
 
 
+def _fold_ids(datalist: Path, fold: str) -> set[str]:
+    return {item["image_id"] for item in json.loads(datalist.read_text())[fold]}
+
+
 def test_official_split_kept_and_validation_carved_from_train(tmp_path):
     root = _dataset(tmp_path / "data")
     datalist = prepare_chestx_datalist(root, tmp_path / "split.json", seed=0, val_fraction=0.2)
     content = json.loads(datalist.read_text())
     assert content["labels"] == list(CHESTX_DET10_FINDINGS)
     assert [i["image_id"] for i in content["test"]] == ["5000", "5001", "5002"]
-    train_ids = {i["image_id"] for i in content["training"]}
-    val_ids = {i["image_id"] for i in content["validation"]}
-    assert len(val_ids) == 2 and not train_ids & val_ids and train_ids | val_ids == {str(1000 + i) for i in range(10)}
+    released_train = {str(1000 + i) for i in range(10)}
+    train_ids, val_ids = _fold_ids(datalist, "training"), _fold_ids(datalist, "validation")
+    assert len(val_ids) == 2 and not train_ids & val_ids and train_ids | val_ids == released_train
     item = next(i for i in content["training"] + content["validation"] if i["image_id"] == "1002")
-    assert item == {"image": "train_data/1002.png", "image_id": "1002", "label": [0, 0, 0, 0, 0, 0, 0, 1, 1, 0],
-                    "findings": ["Nodule", "Mass"], "boxes": [[2, 2, 6, 7], [2, 2, 6, 7]], "lung_mask": "masks/1002.png"}  # fmt: skip
+    assert item == {
+        "image": "train_data/1002.png",
+        "image_id": "1002",
+        "label": [0, 0, 0, 0, 0, 0, 0, 1, 1, 0],  # Mass and Nodule
+        "findings": ["Nodule", "Mass"],
+        "boxes": [[2, 2, 6, 7], [2, 2, 6, 7]],
+        "lung_mask": "masks/1002.png",
+    }
 
-    same = json.loads(prepare_chestx_datalist(root, tmp_path / "again.json", seed=0, val_fraction=0.2).read_text())
-    assert [i["image_id"] for i in same["validation"]] == [i["image_id"] for i in content["validation"]]
-    other_seeds = [prepare_chestx_datalist(root, tmp_path / f"seed{s}.json", seed=s, val_fraction=0.2) for s in (1, 2, 3)]
-    validations = [{i["image_id"] for i in json.loads(p.read_text())["validation"]} for p in other_seeds]
-    assert any(v != val_ids for v in validations) and all(v <= {str(1000 + i) for i in range(10)} for v in validations)
+    assert _fold_ids(prepare_chestx_datalist(root, tmp_path / "again.json", 0, 0.2), "validation") == val_ids
+    validations = [_fold_ids(prepare_chestx_datalist(root, tmp_path / f"{s}.json", s, 0.2), "validation") for s in (1, 2, 3)]
+    assert any(v != val_ids for v in validations) and all(v <= released_train for v in validations)
 
     test_items = load_fold(datalist, "test", root, require="lung_mask")
     assert all(Path(i["image"]).is_file() and Path(i["lung_mask"]).is_file() for i in test_items)
@@ -231,13 +242,14 @@ def test_images_anywhere_and_dicom_in_place_of_png(tmp_path):
     _write_json(root / "annotations" / "test.json", DET10[2:])
     picture = np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))
     write_dicom_variant(picture, _mkdir(root / "dicom" / "a") / "36199.dcm", bits=12, photometric="MONOCHROME1")
-    write_dicom_variant(picture, _mkdir(root / "dicom" / "b") / "36302", transfer_syntax="jpeg_lossless")  # no extension
+    write_dicom_variant(picture, _mkdir(root / "dicom" / "b") / "36302", transfer_syntax="jpeg_lossless")  # no suffix
     _write_png(root / "some" / "folder" / "36331.png")
     _write_png(root / "masks" / "36199.png", value=255)
     content = json.loads(prepare_chestx_datalist(root, tmp_path / "split.json", val_fraction=0.5).read_text())
     images = {i["image_id"]: i["image"] for fold in ("training", "validation", "test") for i in content[fold]}
     assert images == {"36199": "dicom/a/36199.dcm", "36302": "dicom/b/36302", "36331": "some/folder/36331.png"}
-    assert [i.get("lung_mask") for i in content["training"] + content["validation"] if i["image_id"] == "36199"] == ["masks/36199.png"]
+    masks = {i["image_id"]: i.get("lung_mask") for fold in ("training", "validation", "test") for i in content[fold]}
+    assert masks == {"36199": "masks/36199.png", "36302": None, "36331": None}
 
 
 def _mkdir(path: Path) -> Path:
@@ -287,7 +299,8 @@ def test_annotation_beyond_the_image_is_named(tmp_path):
         (lambda root: None, "does not exist or is not a folder"),
         (lambda root: _write_json(root / "test.json", DET10) and _write_json(root / "train.json", DET10[:1]),
          r"both list \['36199.png'\]; expected disjoint train and test images"),
-        (lambda root: _write_json(root / "train.json", []) and _write_json(root / "test.json", DET10), "train.json: no entries left"),
+        (lambda root: _write_json(root / "train.json", []) and _write_json(root / "test.json", DET10),
+         "train.json: no entries left"),
     ],
     ids=["empty-folder", "no-folder", "train-test-overlap", "empty-train"],
 )

@@ -51,7 +51,7 @@ def _load_entries(path: Path) -> list:
     except OSError as e:
         raise DatasetError(f"{path}: cannot read the annotation file ({e}).") from e
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e}); expected a list of {{file_name, syms, boxes}} entries.") from e
+        raise DatasetError(f"{path}: not valid JSON ({e}); expected a list of {{file_name, syms, boxes}}.") from e
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: the top level is a JSON {type(entries).__name__}; expected a list of entries.")
     return entries
@@ -76,7 +76,7 @@ def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
     if unknown:
         raise DatasetError(f"{where}: unknown finding(s) {unknown}; expected names from {list(findings)}.")
     if not isinstance(boxes, list) or len(boxes) != len(syms):
-        raise DatasetError(f"{where}: {len(syms)} syms but boxes {str(boxes)[:80]}; expected one [x1, y1, x2, y2] per sym.")
+        raise DatasetError(f"{where}: {len(syms)} syms, boxes {str(boxes)[:80]}; expected one [x1, y1, x2, y2] per sym.")
     for box in boxes:
         if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
             raise DatasetError(f"{where}: box {box!r}; expected four numbers [x1, y1, x2, y2].")
@@ -86,7 +86,7 @@ def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
     if "polygons" in entry:
         polygons = entry["polygons"]
         if not isinstance(polygons, list) or len(polygons) != len(syms):
-            raise DatasetError(f"{where}: {len(syms)} syms but polygons {str(polygons)[:80]}; expected one polygon per sym.")
+            raise DatasetError(f"{where}: {len(syms)} syms, polygons {str(polygons)[:80]}; expected one polygon per sym.")
         for polygon in polygons:
             points_ok = isinstance(polygon, list) and all(
                 isinstance(p, list) and len(p) == 2 and all(map(_is_number, p)) for p in polygon
@@ -98,7 +98,7 @@ def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
 
 
 def read_chestx_det_json(path: str | Path, findings: Sequence[str] = CHESTX_DET10_FINDINGS) -> list[dict]:
-    """Entries ``{"file_name", "syms", "boxes"[, "polygons"]}`` of a ChestX-Det10 or ChestX-Det annotation file, checked.
+    """The entries ``{"file_name", "syms", "boxes"[, "polygons"]}`` of a ChestX-Det10 or ChestX-Det file, checked.
 
     Empty ``syms`` means no finding. Every entry needs ``file_name`` and ``syms`` (boxes may be left out only when
     syms is empty), one box and, when given, one polygon per sym, numeric coordinates and names from ``findings``
@@ -110,9 +110,9 @@ def read_chestx_det_json(path: str | Path, findings: Sequence[str] = CHESTX_DET1
         name = entry.get("file_name") if isinstance(entry, dict) else None
         where = _where(path, index, name)
         if not isinstance(name, str) or not name:
-            raise DatasetError(f"{where}: no 'file_name'; expected an object with 'file_name' (e.g. '36199.png') and 'syms'.")
+            raise DatasetError(f"{where}: no 'file_name'; expected an object with 'file_name' ('36199.png') and 'syms'.")
         if name in first_index:
-            raise DatasetError(f"{where}: file_name listed twice (first at entry {first_index[name]}); expected each image once.")
+            raise DatasetError(f"{where}: file_name listed twice (first at entry {first_index[name]}); expected it once.")
         first_index[name] = index
         entries.append(_check_entry(where, entry, findings))
     return entries
@@ -142,7 +142,9 @@ def polygon_mask(points: Sequence[Sequence[float]], shape: tuple[int, int]) -> n
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def finding_masks(entry: Mapping, shape: tuple[int, int], findings: Sequence[str] = CHESTX_DET10_FINDINGS) -> np.ndarray:
+def finding_masks(
+    entry: Mapping, shape: tuple[int, int], findings: Sequence[str] = CHESTX_DET10_FINDINGS
+) -> np.ndarray:
     """``(K, rows, cols)`` uint8 masks, one per finding: the union of its instances' polygons, or of their boxes.
 
     ``entry`` has ``syms`` (or ``findings``, the datalist's name for them), ``boxes`` and optionally ``polygons``;
@@ -152,7 +154,8 @@ def finding_masks(entry: Mapping, shape: tuple[int, int], findings: Sequence[str
     index = {name: k for k, name in enumerate(findings)}
     unknown = sorted(set(syms) - set(index))
     if unknown:
-        raise ValueError(f"finding(s) {unknown} of {entry.get('file_name') or entry.get('image_id')!r} are not in {list(findings)}.")
+        name = entry.get("file_name") or entry.get("image_id")
+        raise ValueError(f"finding(s) {unknown} of {name!r} are not among {list(findings)}.")
     masks = np.zeros((len(findings), *shape), np.uint8)
     polygons = entry.get("polygons") or [[]] * len(syms)
     for sym, box, polygon in zip(syms, entry["boxes"], polygons):
@@ -228,7 +231,7 @@ def _find_image(file_name: str, files: dict[str, list[Path]], where: str, root: 
     for candidate in (file_name, *(stem + s for s in DICOM_SUFFIXES), stem):
         paths = [p for p in files.get(candidate.lower(), []) if candidate != stem or is_dicom(p)]
         if len(paths) > 1:
-            raise DatasetError(f"{where}: image found twice, {paths[0]} and {paths[1]}; expected each image once below {root}.")
+            raise DatasetError(f"{where}: image found twice, {paths[0]} and {paths[1]}; expected it once below {root}.")
         if paths:
             return paths[0]
     raise DatasetError(f"{where}: image {file_name} (or DICOM {stem}.dcm / {stem}) not found under {root}.")
@@ -281,8 +284,8 @@ def _check_sizes(where: str, entry: dict, image: Path, mask: Path | None) -> Non
     if points and (np.max(points, axis=0) > (cols, rows)).any():
         x, y = np.max(points, axis=0).tolist()
         raise DatasetError(
-            f"{where}: annotation reaches (x, y) = ({x:g}, {y:g}) but {image.name} is {cols}x{rows}; expected coordinates "
-            "in pixels of this image (for the real release, of the original 1024x1024 PNG)."
+            f"{where}: annotation reaches (x, y) = ({x:g}, {y:g}) but {image.name} is {cols}x{rows}; expected "
+            "coordinates in pixels of this image (for the real release, of the original 1024x1024 PNG)."
         )
     if mask is not None:
         mask_rows, mask_cols = _image_size(mask)
@@ -311,8 +314,9 @@ def _annotation_file(root: Path, fold: str, given: str | Path | None) -> Path:
     found = find_files(root, (name,), by_name=True).get(name)
     if found is None:
         raise DatasetError(
-            f"{root}: no {name} found in it or its sub-folders; expected the ChestX-Det10 layout (train.json, test.json, "
-            f"train_data/, test_data/), or pass {fold}_json= (for ChestX-Det: ChestX_Det_{fold}.json with findings=CHESTX_DET_FINDINGS)."
+            f"{root}: no {name} found in it or its sub-folders; expected the ChestX-Det10 layout (train.json, "
+            f"test.json, train_data/, test_data/), or pass {fold}_json= (for ChestX-Det: ChestX_Det_{fold}.json, "
+            "with findings=CHESTX_DET_FINDINGS)."
         )
     return found
 
@@ -344,11 +348,15 @@ def prepare_chestx_datalist(
     root = Path(dataset_dir)
     if not root.is_dir():
         raise DatasetError(f"dataset_dir {root} does not exist or is not a folder.")
-    annotation_files = {fold: _annotation_file(root, fold, given) for fold, given in (("train", train_json), ("test", test_json))}
+    given = {"train": train_json, "test": test_json}
+    annotation_files = {fold: _annotation_file(root, fold, given[fold]) for fold in ANNOTATION_FILES}
     entries = {fold: read_chestx_det_json(path, findings) for fold, path in annotation_files.items()}
     leaked = sorted({e["file_name"] for e in entries["train"]} & {e["file_name"] for e in entries["test"]})
     if leaked:
-        raise DatasetError(f"{annotation_files['train']} and {annotation_files['test']} both list {leaked[:5]}; expected disjoint train and test images.")
+        raise DatasetError(
+            f"{annotation_files['train']} and {annotation_files['test']} both list {leaked[:5]}; "
+            "expected disjoint train and test images."
+        )
 
     mask_dir = Path(lung_mask_dir) if lung_mask_dir is not None else root / LUNG_MASK_FOLDER
     if lung_mask_dir is not None and not mask_dir.is_dir():

@@ -10,11 +10,11 @@ The output directory looks like the real release, so the one ChestX-Det loader r
 
 Each picture has a body outline, a bright mediastinum with spine and heart, ribs and clavicles, two dark lungs with
 vessel markings and diaphragm domes. Six of the ten ChestX-Det10 findings are drawn, always inside the lungs, and
-decide the labels (:data:`FINDINGS_DRAWN`): Atelectasis (a plate-like band), Consolidation (a patchy opacity),
-Effusion (fluid filling a lung base up to a meniscus), Mass (a large lobulated blob), Nodule (one to three small round
-spots) and Pneumothorax (a dark crescent without vessel markings along the apex and lateral wall, edged by the
-pleural line). Calcification, Emphysema, Fibrosis and Fracture never appear. Findings are drawn independently, so
-an image may have several; about a third have none.
+decide the labels (:data:`FINDINGS_DRAWN`): Atelectasis (a plate-like band in a lower lung), Consolidation (a large
+patchy opacity with blurred edges), Effusion (fluid filling a lung base up to a meniscus), Mass (a dense, sharp-edged
+lobulated blob), Nodule (one to three small round spots) and Pneumothorax (a dark crescent without vessel markings
+along the apex and lateral wall, edged by the pleural line). Calcification, Emphysema, Fibrosis and Fracture never
+appear. Findings are drawn independently, so an image may have several; about a third have none.
 
 Outside the lungs every image may carry confounders (:data:`FINDING_CONFOUNDER`): an "R" or "L" lead marker, a
 tube down the mediastinum, a ruler, collimation edges, ECG leads. In the train split each confounder agrees with
@@ -56,9 +56,11 @@ FOLDERS = {"train": "train_data", "test": "test_data"}
 MASK_FOLDER, DICOM_FOLDER = "masks", "dicom"
 FIRST_NUMBER, NUMBER_RANGE = 10_000, 90_000  # five-digit integer file names, like the real release's
 
-# Encodings of the DICOM copies, taken in turn by the images in file-name order (window and rescale values are
-# those that keep every 8-bit grey level exact, see write_dicom_variant); every EXTENSIONLESS_EVERY-th file
-# is written without an extension, as archives often do.
+# Encodings of the DICOM copies, taken in turn by the images in plan order (train, then test, by file name): both
+# photometric interpretations, 8, 12 and 16 bits, uncompressed and compressed (JPEG baseline for 8 bits only, the
+# one lossy one). A window width of 2041 spans 8 * 255 stored steps, so every 8-bit grey level stays exact; 12 bits
+# without a window hold them within half a stored step. Every EXTENSIONLESS_EVERY-th file has no file extension, as
+# in many archives.
 DICOM_VARIANTS = (
     dict(),
     dict(photometric="MONOCHROME1", transfer_syntax="jpeg_baseline"),
@@ -66,7 +68,7 @@ DICOM_VARIANTS = (
     dict(bits=16, photometric="MONOCHROME1", transfer_syntax="jpeg_ls"),
     dict(bits=16, signed=True, rescale=(0.5, -1024.0), transfer_syntax="jpeg2000"),
     dict(bits=12, window=(1500.5, 2041), transfer_syntax="rle"),
-    dict(bits=12, photometric="MONOCHROME1", window=(1030.5, 2041), rescale=(2.0, -100.0), transfer_syntax="implicit_le"),
+    dict(bits=12, photometric="MONOCHROME1", window=(1030.5, 2041), rescale=(2, -100), transfer_syntax="implicit_le"),
     dict(transfer_syntax="jpeg_baseline", modality="CR"),
     dict(bits=16, photometric="MONOCHROME1", transfer_syntax="rle", modality="CR"),
     dict(bits=12, rescale=(1.0, -1024.0), transfer_syntax="jpeg_ls"),
@@ -91,7 +93,7 @@ def plan_chestx_like(
 ) -> list[SyntheticChest]:
     """Draw file names, labels and confounders of every image, without pixels; train then test, by file name."""
     if n_train < 1 or n_test < 1 or n_train + n_test > NUMBER_RANGE:
-        raise ValueError(f"need n_train >= 1, n_test >= 1 and n_train + n_test <= {NUMBER_RANGE}, got {n_train}, {n_test}.")
+        raise ValueError(f"need n_train, n_test >= 1 and n_train + n_test <= {NUMBER_RANGE}, got {n_train}, {n_test}.")
     if not 0 <= spurious_strength <= 1:
         raise ValueError(f"spurious_strength must lie in [0, 1], got {spurious_strength}.")
     n = n_train + n_test
@@ -144,10 +146,15 @@ class _Grid:
         """Length-unit points (N, 2) as integer pixel indices [x, y] inside the image."""
         return np.clip(np.rint((points + 1) * self.size / 2 - 0.5), 0, self.size - 1).astype(int)
 
+    def window(self, points: np.ndarray, margin: float) -> tuple[slice, slice]:
+        """Rows and columns of the pixels within ``margin`` of the bounding box of length-unit ``points`` (N, 2)."""
+        low, high = self.to_pixels(points.min(axis=0) - margin), self.to_pixels(points.max(axis=0) + margin) + 1
+        return slice(low[1], high[1]), slice(low[0], high[0])
+
 
 @dataclass(frozen=True)
 class _Lung:
-    """A lung outline in length units; its first ``n_upper`` points run from the medial top over the apex down the side."""
+    """A lung outline in length units (its first ``n_upper`` points go from the medial top over the apex), its mask."""
 
     side: int
     outline: np.ndarray  # (N, 2)
@@ -167,7 +174,8 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
     for axis in (0, 1):
         padded = np.pad(blurred, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
         length = blurred.shape[axis]
-        blurred = sum(w * padded.take(np.arange(k, k + length), axis=axis) for k, w in enumerate(weights.astype(np.float32)))
+        shifted = (padded.take(np.arange(k, k + length), axis=axis) for k in range(len(weights)))
+        blurred = sum(np.float32(w) * copy for w, copy in zip(weights, shifted))
     return blurred
 
 
@@ -189,8 +197,10 @@ def _lungs(rng: np.random.Generator, grid: _Grid) -> list[_Lung]:
         radius_x = np.where(np.cos(theta) < 0, apex_x - top_x, wall_x - apex_x)
         upper = np.stack([apex_x + np.cos(theta) * radius_x, wall_y - np.sin(theta) * (wall_y - apex_y)], axis=1)
         wall = np.hstack([wall_x + (angle_x - wall_x) * t + 0.03 * np.sin(np.pi * t), wall_y + (angle_y - wall_y) * t])
-        diaphragm = np.hstack([angle_x + (base_x - angle_x) * t, angle_y + (base_y - angle_y) * t - dome * np.sin(np.pi * t)])
-        medial = np.hstack([top_x + (base_x - top_x) * np.cos(np.pi / 2 * t) ** 1.5, base_y + (wall_y - base_y) * t])[:-1]
+        dome_y = angle_y + (base_y - angle_y) * t - dome * np.sin(np.pi * t)
+        diaphragm = np.hstack([angle_x + (base_x - angle_x) * t, dome_y])
+        medial_x = top_x + (base_x - top_x) * np.cos(np.pi / 2 * t) ** 1.5
+        medial = np.hstack([medial_x, base_y + (wall_y - base_y) * t])[:-1]
         outline = np.vstack([upper, wall, diaphragm, medial]) * [side, 1] * scale + shift
         mask = polygon_mask(grid.to_pixels(outline), (grid.size, grid.size)).astype(bool)
         lungs.append(_Lung(side, outline, len(upper) + len(wall) // 2, mask))
@@ -210,7 +220,15 @@ def _random_point(rng: np.random.Generator, lung: _Lung, grid: _Grid, lower: boo
     return (np.array([cols[pick], rows[pick]]) + 0.5) * grid.pixel - 1
 
 
-def _blob(rng: np.random.Generator, centre: np.ndarray, radius: float, n: int, wobble: float, aspect: float = 1.0, angle: float = 0.0) -> np.ndarray:
+def _blob(
+    rng: np.random.Generator,
+    centre: np.ndarray,
+    radius: float,
+    n: int,
+    wobble: float,
+    aspect: float = 1.0,
+    angle: float = 0.0,
+) -> np.ndarray:
     """An (n, 2) outline around ``centre``: an ellipse of the given radius and aspect whose radius wobbles smoothly."""
     theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
     orders = np.arange(2, 5)
@@ -240,7 +258,8 @@ def _atelectasis(rng, lung, grid, attempt):
     """A plate-like band in the lower lung: a thin ellipse, near horizontal."""
     length = rng.uniform(0.15, 0.22) * 0.97**attempt
     aspect = rng.uniform(0.035, 0.05) / length
-    return _blob(rng, _random_point(rng, lung, grid, lower=True), length, 16, 0.03, aspect, rng.uniform(-0.35, 0.35)), None
+    centre = _random_point(rng, lung, grid, lower=True)
+    return _blob(rng, centre, length, 16, 0.03, aspect, rng.uniform(-0.35, 0.35)), None
 
 
 def _effusion(rng, lung, grid, attempt):
@@ -253,7 +272,7 @@ def _effusion(rng, lung, grid, attempt):
 
 
 def _clip_below(outline: np.ndarray, height: np.ndarray) -> np.ndarray:
-    """The part of a polygon where the linear function ``height`` (given at its vertices) is >= 0 (Sutherland-Hodgman)."""
+    """The part of a polygon where the linear ``height`` (known at its vertices) is >= 0, by Sutherland-Hodgman."""
     nxt = np.roll(np.arange(len(outline)), -1)
     points = []
     for i, j in zip(range(len(outline)), nxt):
@@ -265,7 +284,7 @@ def _clip_below(outline: np.ndarray, height: np.ndarray) -> np.ndarray:
 
 
 def _pneumothorax(rng, lung, grid, attempt):
-    """A crescent along the apex and upper lateral wall, deepest in its middle; also returns its inner edge (the pleura)."""
+    """A crescent along the apex and upper lateral wall, deepest in its middle, and its inner edge (the pleura)."""
     arc = lung.outline[rng.integers(3, 7) : lung.n_upper]
     inward = lung.outline.mean(axis=0) - arc
     inward /= np.linalg.norm(inward, axis=1, keepdims=True)
@@ -314,7 +333,9 @@ def _place_findings(rng: np.random.Generator, findings: Sequence[str], lungs: li
 # -------------------------------------------------------------------------------------------------- painting
 
 
-def _paint_anatomy(rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _paint_anatomy(
+    rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The chest without findings, the soft lung mask (0 to 1), and the vessel markings to add inside the lungs."""
     x, y, pixel = grid.x, grid.y, grid.pixel
     lateral = np.abs(x)
@@ -349,7 +370,8 @@ def _ribs(rng: np.random.Generator, grid: _Grid, apex_y: float, base_y: float, b
     cortex = np.exp(-(((gap - half_width + 0.5 * pixel) / pixel) ** 2))
     extent = np.clip((lateral - 0.06) / 0.03, 0, 1) * np.clip((body_half_width - 0.03 - lateral) / 0.05, 0, 1)
     extent *= np.clip((base_y + 0.08 - y) / 0.1, 0, 1)  # ribs fade into the abdomen's soft tissue
-    clavicle = np.array([[0.08, apex_y - 0.04], [0.35, apex_y - 0.06], [0.62, apex_y - 0.16]]) + rng.normal(0, 0.015, (3, 2))
+    clavicle = np.array([[0.08, apex_y - 0.04], [0.35, apex_y - 0.06], [0.62, apex_y - 0.16]])
+    clavicle += rng.normal(0, 0.015, clavicle.shape)
     clavicles = np.clip((0.026 - _polyline_distance(lateral, y, clavicle)) / pixel + 0.5, 0, 1)
     return (0.045 * band + 0.03 * cortex * (gap < half_width + pixel)) * extent + 0.09 * clavicles
 
@@ -367,9 +389,10 @@ def _vessels(rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]) -> np.nd
             length = rng.uniform(0.3, 0.55)
             points = hilum + np.outer([0.1, 0.4, 0.7, 1], length * np.array([np.cos(angle), np.sin(angle)]))
             points[1:] += rng.normal(0, 0.025, (3, 2))
-            reach = np.clip(from_hilum / length, 0, 1)
+            near = grid.window(points, 0.06)  # beyond it a branch adds less than 1e-5
+            reach = np.clip(from_hilum[near] / length, 0, 1)
             width = 0.02 - 0.013 * reach
-            vessels += 0.06 * np.exp(-((_polyline_distance(x, y, points) / width) ** 2)) * (1 - reach)
+            vessels[near] += 0.06 * np.exp(-((_polyline_distance(x[near], y[near], points) / width) ** 2)) * (1 - reach)
     return vessels
 
 
@@ -378,11 +401,19 @@ EDGE_BLUR = {"Consolidation": 1.6, "Effusion": 1.5}  # in pixels at 128 x 128; s
 
 
 def _paint_findings(
-    rng: np.random.Generator, grid: _Grid, picture: np.ndarray, lung_soft: np.ndarray, vessels: np.ndarray,
-    instances: list[tuple], masks: np.ndarray,
+    rng: np.random.Generator,
+    grid: _Grid,
+    picture: np.ndarray,
+    lung_soft: np.ndarray,
+    vessels: np.ndarray,
+    instances: list[tuple],
+    masks: np.ndarray,
 ) -> np.ndarray:
     """Add the vessels, hidden where fluid, air or consolidation fill the lung, and the findings' opacities."""
-    soft = {f: _blur(m, EDGE_BLUR.get(f, 0.6) * grid.size / 128) for f, m in zip(FINDINGS_DRAWN, masks)}
+    soft = {
+        f: _blur(m, EDGE_BLUR.get(f, 0.6) * grid.size / 128) if m.any() else np.zeros_like(picture)
+        for f, m in zip(FINDINGS_DRAWN, masks)
+    }
     hidden = np.clip(soft["Effusion"] + soft["Pneumothorax"] + 0.7 * soft["Consolidation"], 0, 1)
     picture = picture + vessels * lung_soft * (1 - hidden)
     patchy = np.clip(0.75 + 0.4 * _value_noise(rng, grid.x, grid.y, 14), 0.4, 1)
@@ -430,7 +461,8 @@ def _confounder_opacity(rng: np.random.Generator, grid: _Grid, confounder: str) 
     if confounder == "ruler":  # a bar with a tick every 0.07 units, a long one every fifth
         bar_y, offset = rng.uniform(0.86, 0.9), rng.uniform(0, 0.07)
         tick = np.round((x - offset) / 0.07)
-        on_tick = (np.abs(x - offset - 0.07 * tick) < 0.6 * pixel) & (y > bar_y) & (y < bar_y + np.where(tick % 5 == 0, 0.08, 0.04))
+        tick_length = np.where(tick % 5 == 0, 0.08, 0.04)
+        on_tick = (np.abs(x - offset - 0.07 * tick) < 0.6 * pixel) & (y > bar_y) & (y < bar_y + tick_length)
         bar = np.abs(y - bar_y) < max(0.012, pixel)
         return 0.9 * ((bar | on_tick) & (np.abs(x) < 0.75))
     if confounder == "collimation":  # unexposed, hence bright, borders left and right, slightly tilted
@@ -473,7 +505,8 @@ def render_chestx_like(image: SyntheticChest, image_size: int = 128) -> tuple[np
     lung_mask = lungs[0].mask | lungs[1].mask
     away_from_lungs = _blur(lung_mask.astype(np.float32), 1.5 * size / 128) < 0.01
     for confounder in image.confounders:
-        picture += (MARKER_BRIGHTNESS - picture) * _confounder_opacity(confounder_rng, grid, confounder) * away_from_lungs
+        opacity = _confounder_opacity(confounder_rng, grid, confounder) * away_from_lungs
+        picture += (MARKER_BRIGHTNESS - picture) * opacity
     picture = picture * noise_rng.uniform(0.92, 1.08) + noise_rng.uniform(-0.03, 0.03)
     picture += noise_rng.normal(0, 0.012, picture.shape)
     return np.clip(np.rint(picture * 255), 0, 255).astype(np.uint8), lung_mask, entry
@@ -507,7 +540,9 @@ def _write_dicom(picture: np.ndarray, path: Path, image: SyntheticChest, options
     write_dicom_variant(picture, path, **options, patient_id=patient_id, pixel_spacing=(spacing, spacing), **uids)
 
 
-def write_chestx_like(images: Sequence[SyntheticChest], out_dir: str | Path, image_size: int = 128, dicom: bool = True) -> Path:
+def write_chestx_like(
+    images: Sequence[SyntheticChest], out_dir: str | Path, image_size: int = 128, dicom: bool = True
+) -> Path:
     """Render planned images and write them, their lung masks and annotation files in the ChestX-Det10 layout."""
     size = _check_image_size(image_size)
     root = Path(out_dir)
@@ -548,7 +583,7 @@ def generate_chestx_like(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m segx_monai.data.synthetic_chest --out data/chestx_synth --n-train 240 --n-test 80 --size 128``."""
+    """Command line: ``python -m segx_monai.data.synthetic_chest --out DIR --n-train 240 --n-test 80 --size 128``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory (the ChestX-Det10 root)")
     parser.add_argument("--n-train", type=int, default=240)
