@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from monai.data import load_decathlon_datalist
 
 from segx_monai.io.dicom import is_dicom
 
@@ -64,9 +63,16 @@ def write_datalist_once(path: str | Path, items: Sequence[dict], folds: Sequence
     return path
 
 
+PATH_KEYS = ("image", "mask", "lung_mask")
+
+
 def load_fold(datalist_file: str | Path, fold: str, dataset_dir: str | Path, require: str | None = None) -> list[dict]:
-    """The items of one fold with paths made absolute against ``dataset_dir``; only those having key ``require`` if given."""
-    items = load_decathlon_datalist(str(datalist_file), is_segmentation=False, data_list_key=fold, base_dir=str(dataset_dir))
+    """The items of one fold with their path keys (:data:`PATH_KEYS`) made absolute against ``dataset_dir``; only the
+    items having key ``require`` if given. Other strings (ids, diagnoses) are left alone, whatever files exist."""
+    content = json.loads(Path(datalist_file).read_text())
+    if fold not in content:
+        raise DatasetError(f"{datalist_file}: no fold {fold!r}; it has {[k for k in content if isinstance(content[k], list)]}.")
+    items = [{k: str(Path(dataset_dir) / v) if k in PATH_KEYS else v for k, v in item.items()} for item in content[fold]]
     if require is not None:
         items = [i for i in items if require in i]
     if not items:

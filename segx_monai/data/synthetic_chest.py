@@ -37,7 +37,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from segx_monai.data.chestx_det import finding_masks, polygon_mask
-from segx_monai.data.synthetic_derm import _polyline_distance, _value_noise
+from segx_monai.data.drawing import polyline_distance, value_noise
 from segx_monai.io.dicom_writer import write_dicom_variant
 
 FINDINGS_DRAWN = ("Atelectasis", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
@@ -350,7 +350,7 @@ def _paint_anatomy(
 
     lung_mask = (lungs[0].mask | lungs[1].mask).astype(np.float32)
     lung_soft = np.clip(_blur(lung_mask, grid.size / 128), 0, 1)
-    lung_level = LUNG + 0.05 * (y + 0.7) + 0.025 * _value_noise(rng, x, y, 10)  # denser towards the bases
+    lung_level = LUNG + 0.05 * (y + 0.7) + 0.025 * value_noise(rng, x, y, 10)  # denser towards the bases
     picture += (lung_level - picture) * lung_soft
     apex_y, base_y = min(lung.outline[:, 1].min() for lung in lungs), max(lung.outline[:, 1].max() for lung in lungs)
     picture += _ribs(rng, grid, apex_y, base_y, body_half_width) * body
@@ -372,7 +372,7 @@ def _ribs(rng: np.random.Generator, grid: _Grid, apex_y: float, base_y: float, b
     extent *= np.clip((base_y + 0.08 - y) / 0.1, 0, 1)  # ribs fade into the abdomen's soft tissue
     clavicle = np.array([[0.08, apex_y - 0.04], [0.35, apex_y - 0.06], [0.62, apex_y - 0.16]])
     clavicle += rng.normal(0, 0.015, clavicle.shape)
-    clavicles = np.clip((0.026 - _polyline_distance(lateral, y, clavicle)) / pixel + 0.5, 0, 1)
+    clavicles = np.clip((0.026 - polyline_distance(lateral, y, clavicle)) / pixel + 0.5, 0, 1)
     return (0.045 * band + 0.03 * cortex * (gap < half_width + pixel)) * extent + 0.09 * clavicles
 
 
@@ -392,7 +392,7 @@ def _vessels(rng: np.random.Generator, grid: _Grid, lungs: list[_Lung]) -> np.nd
             near = grid.window(points, 0.06)  # beyond it a branch adds less than 1e-5
             reach = np.clip(from_hilum[near] / length, 0, 1)
             width = 0.02 - 0.013 * reach
-            vessels[near] += 0.06 * np.exp(-((_polyline_distance(x[near], y[near], points) / width) ** 2)) * (1 - reach)
+            vessels[near] += 0.06 * np.exp(-((polyline_distance(x[near], y[near], points) / width) ** 2)) * (1 - reach)
     return vessels
 
 
@@ -416,12 +416,12 @@ def _paint_findings(
     }
     hidden = np.clip(soft["Effusion"] + soft["Pneumothorax"] + 0.7 * soft["Consolidation"], 0, 1)
     picture = picture + vessels * lung_soft * (1 - hidden)
-    patchy = np.clip(0.75 + 0.4 * _value_noise(rng, grid.x, grid.y, 14), 0.4, 1)
+    patchy = np.clip(0.75 + 0.4 * value_noise(rng, grid.x, grid.y, 14), 0.4, 1)
     opacity = sum(FINDING_BRIGHTNESS[f] * soft[f] * (patchy if f == "Consolidation" else 1) for f in FINDING_BRIGHTNESS)
     picture += (opacity - 0.09 * soft["Pneumothorax"]) * lung_soft
     for _, _, pleura in instances:
         if pleura is not None:
-            line = np.exp(-((_polyline_distance(grid.x, grid.y, pleura) / (0.7 * grid.pixel)) ** 2))
+            line = np.exp(-((polyline_distance(grid.x, grid.y, pleura) / (0.7 * grid.pixel)) ** 2))
             picture += 0.16 * line * lung_soft
     return picture
 
@@ -444,7 +444,7 @@ def _glyph(grid: _Grid, letter: str, left: float, top: float, cell: float) -> np
 
 def _line(grid: _Grid, points: np.ndarray, half_width: float) -> np.ndarray:
     """Anti-aliased opacity of a polyline of the given half width."""
-    return np.clip((half_width - _polyline_distance(grid.x, grid.y, points)) / grid.pixel + 0.5, 0, 1)
+    return np.clip((half_width - polyline_distance(grid.x, grid.y, points)) / grid.pixel + 0.5, 0, 1)
 
 
 def _confounder_opacity(rng: np.random.Generator, grid: _Grid, confounder: str) -> np.ndarray:

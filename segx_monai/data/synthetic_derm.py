@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segx_monai.data.drawing import polyline_distance, value_noise
 from segx_monai.data.splits import FOLDS, split_by_group
 
 METADATA_FILE = "HAM10000_metadata.csv"
@@ -294,34 +295,9 @@ def _over(base: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray
     return base + (colour - base) * alpha[..., None]
 
 
-def _value_noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, cells: int, extent: float = 1.8) -> np.ndarray:
-    """Smooth random field on the square ``[-extent, extent]^2`` with ``cells`` cells a side, sampled at (x, y)."""
-    knots = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
-    gx = np.clip((x + extent) / (2 * extent) * cells, 0, cells - 1e-4)
-    gy = np.clip((y + extent) / (2 * extent) * cells, 0, cells - 1e-4)
-    ix, iy = gx.astype(int), gy.astype(int)
-    fx, fy = gx - ix, gy - iy
-    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)  # smoothstep: no visible grid
-    top = knots[iy, ix] * (1 - fx) + knots[iy, ix + 1] * fx
-    bottom = knots[iy + 1, ix] * (1 - fx) + knots[iy + 1, ix + 1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def _fractal_noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, cells: int, octaves: int = 3) -> np.ndarray:
     """Sum of value noises of doubling frequency and halving amplitude, of about unit spread."""
-    return sum(_value_noise(rng, x, y, cells * 2**k) * 0.5**k for k in range(octaves)) / 0.8
-
-
-def _polyline_distance(x: np.ndarray, y: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Distance from every (x, y) to the polyline through ``points`` (N, 2), in the units of the coordinates."""
-    points = points.astype(np.float32)
-    start, step = points[:-1, :, None, None], np.diff(points, axis=0)[:, :, None, None]
-    off_x, off_y = x - start[:, 0], y - start[:, 1]
-    along = (off_x * step[:, 0] + off_y * step[:, 1]) / np.maximum((step**2).sum(axis=1), 1e-12)
-    along = np.clip(along, 0, 1)
-    off_x -= along * step[:, 0]
-    off_y -= along * step[:, 1]
-    return np.sqrt((off_x * off_x + off_y * off_y).min(axis=0))
+    return sum(value_noise(rng, x, y, cells * 2**k) * 0.5**k for k in range(octaves)) / 0.8
 
 
 def _random_walk(rng: np.random.Generator, start: np.ndarray, n_steps: int, step: float, turn: float) -> np.ndarray:
@@ -335,10 +311,10 @@ def _paint_skin(rng: np.random.Generator, grid: _Grid, tone: float) -> np.ndarra
     """Skin of the given tone with blotchy low-frequency colour variation, redness and fine grain."""
     extent = max(grid.half_width, grid.half_height)
     base = SKIN_LIGHT + (SKIN_DARK - SKIN_LIGHT) * tone
-    shade = 1 + 0.05 * _value_noise(rng, grid.x, grid.y, 3, extent)
-    redness = 8 * _value_noise(rng, grid.x, grid.y, 4, extent)
+    shade = 1 + 0.05 * value_noise(rng, grid.x, grid.y, 3, extent)
+    redness = 8 * value_noise(rng, grid.x, grid.y, 4, extent)
     colour = base * shade[..., None] + np.stack([redness, -0.4 * redness, -0.4 * redness], axis=-1)
-    texture = 4 * _value_noise(rng, grid.x, grid.y, 40, extent)[..., None] + rng.normal(0, 2.5, colour.shape)
+    texture = 4 * value_noise(rng, grid.x, grid.y, 40, extent)[..., None] + rng.normal(0, 2.5, colour.shape)
     return colour + texture
 
 
@@ -399,7 +375,7 @@ def _paint_nevus(rng, u, v, pixel):
     """nv: uniform brown, round and regular, with a faint pigment network and a slightly darker centre."""
     brown = _mix((165, 110, 70), (95, 58, 38), rng.random())
     frequency = rng.uniform(14, 18)
-    warp = _value_noise(rng, u, v, 6)
+    warp = value_noise(rng, u, v, 6)
     network = np.sin(frequency * u + 1.5 * warp) * np.sin(frequency * v - 1.5 * warp)
     shade = (1 - 0.14 * (network > 0.55)) * (0.9 + 0.1 * np.minimum(u * u + v * v, 1))
     return brown * shade[..., None], 1.0
@@ -413,14 +389,14 @@ def _paint_melanoma(rng, u, v, pixel):
     palette = np.array(MELANOMA_PALETTE, np.float32)[np.r_[0, 1, rng.choice(np.arange(2, 6), 2, replace=False)]]
     weights = np.exp(5 * np.stack([_fractal_noise(rng, u, v, 4) for _ in palette]))
     colour = np.tensordot(weights / weights.sum(0), palette, axes=(0, 0))
-    globules = (_value_noise(rng, u, v, 24) > 0.7) & (np.hypot(u, v) > 0.55)
+    globules = (value_noise(rng, u, v, 24) > 0.7) & (np.hypot(u, v) > 0.55)
     return colour * (1 - 0.45 * globules[..., None]), 1.0
 
 
 def _paint_keratosis(rng, u, v, pixel):
     """bkl: light-brown, waxy, 'stuck-on' with dark cerebriform fissures and a few white milia-like cysts."""
     tan = _mix((200, 160, 118), (150, 105, 70), rng.random())
-    ridges = np.abs(np.sin(rng.uniform(9, 12) * u + 3 * _value_noise(rng, u, v, 5)))
+    ridges = np.abs(np.sin(rng.uniform(9, 12) * u + 3 * value_noise(rng, u, v, 5)))
     shade = (1 - 0.3 * (ridges < 0.3)) * (1 + 0.08 * (1 - np.minimum(u * u + v * v, 1)))
     colour = tan * shade[..., None]
     return _over(colour, (238, 228, 195), _dots(rng, u, v, rng.integers(3, 8), 0.65, (0.05, 0.09))), 1.0
@@ -429,9 +405,9 @@ def _paint_keratosis(rng, u, v, pixel):
 def _paint_carcinoma(rng, u, v, pixel):
     """bcc: pink, pearly and translucent, with branching red vessels and blue-grey ovoid nests."""
     pink = _mix((232, 165, 168), (208, 128, 140), rng.random())
-    colour = pink + 18 * np.clip(_value_noise(rng, u, v, 6), 0, None)[..., None]  # pearly sheen
+    colour = pink + 18 * np.clip(value_noise(rng, u, v, 6), 0, None)[..., None]  # pearly sheen
     vessels = [_random_walk(rng, rng.uniform(-0.6, 0.6, 2), 6, rng.uniform(0.12, 0.18), 0.7) for _ in range(5)]
-    distance = np.min([_polyline_distance(u, v, walk) for walk in vessels], axis=0)
+    distance = np.min([polyline_distance(u, v, walk) for walk in vessels], axis=0)
     colour = _over(colour, (165, 25, 42), np.clip(1.3 - distance / pixel, 0, 1))
     return _over(colour, (95, 100, 132), 0.85 * _dots(rng, u, v, rng.integers(1, 4), 0.5, (0.1, 0.18))), 0.9
 
@@ -439,7 +415,7 @@ def _paint_carcinoma(rng, u, v, pixel):
 def _paint_actinic(rng, u, v, pixel):
     """akiec: red, rough and scaly: white-yellow scale on a grainy erythema, a blurry irregular border."""
     red = _mix((215, 120, 105), (185, 85, 75), rng.random())
-    colour = red * (1 + 0.1 * _value_noise(rng, u, v, 28))[..., None]
+    colour = red * (1 + 0.1 * value_noise(rng, u, v, 28))[..., None]
     scale = np.clip((_fractal_noise(rng, u, v, 8, 2) - 0.35) * 3, 0, 0.85)
     return _over(colour, (236, 226, 200), scale), 1.0
 
@@ -460,8 +436,8 @@ def _paint_vascular(rng, u, v, pixel):
 def _paint_dermatofibroma(rng, u, v, pixel):
     """df: small, a light-brown delicate network around a white scar-like centre."""
     brown = _mix((170, 120, 85), (125, 82, 58), rng.random())
-    colour = brown * (1 - 0.12 * (_value_noise(rng, u, v, 14) > 0.4))[..., None]
-    scar_edge = rng.uniform(0.4, 0.5) * (1 + 0.25 * _value_noise(rng, u, v, 4)) - np.hypot(u, v)
+    colour = brown * (1 - 0.12 * (value_noise(rng, u, v, 14) > 0.4))[..., None]
+    scar_edge = rng.uniform(0.4, 0.5) * (1 + 0.25 * value_noise(rng, u, v, 4)) - np.hypot(u, v)
     return _over(colour, (238, 226, 218), np.clip(scar_edge / 0.12 + 0.5, 0, 1)), 1.0
 
 
@@ -509,7 +485,7 @@ def _paint_hairs(rng: np.random.Generator, grid: _Grid, colour: np.ndarray) -> n
         start = rng.uniform(-1, 1, 2) * (grid.half_width, grid.half_height)
         walk = _random_walk(rng, start, 10, 0.2, 0.15)
         width = rng.uniform(0.004, 0.01)  # half the hair's width: under a pixel at 160x120
-        alpha = np.clip(1 - (_polyline_distance(grid.x, grid.y, walk) - width) * grid.unit, 0, 1)
+        alpha = np.clip(1 - (polyline_distance(grid.x, grid.y, walk) - width) * grid.unit, 0, 1)
         colour = _over(colour, _mix((60, 42, 32), (20, 15, 12), rng.random()), 0.9 * alpha)
     return colour
 

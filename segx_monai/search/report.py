@@ -60,18 +60,18 @@ def write_report(study: optuna.Study, settings, shown_url: str) -> Path:
     ax.plot(*zip(*curve), marker="o")
     ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"trial {best.number} (best)")
     _save(ax, report_dir / "best_validation_curve.png")
-    write_overlay(settings.best_overlay, best, study.study_name, shown_url, metric)
+    write_overlay(settings.best_overlay, best, study.study_name, shown_url, metric, settings.train_config)
     print(f"best: trial {best.number}, {metric} {best.value:.4f}, {format_params(best.params)}\n"
           f"overlay: {settings.best_overlay}\nreport: {report_dir}", flush=True)
     return report_dir
 
 
-def write_overlay(path: Path, best: FrozenTrial, study_name: str, shown_url: str, metric: str) -> Path:
+def write_overlay(path: Path, best: FrozenTrial, study_name: str, shown_url: str, metric: str, train_config: list[str]) -> Path:
     """The best trial's values as a config file composed after the train config (a comment header says from where)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Best hyper-parameters of study {study_name!r} ({shown_url}), trial {best.number}: validation {metric} "
               f"{best.value:.6g}.\n# Written {datetime.datetime.now().isoformat(timespec='seconds')}. Train with them by composing "
-              f"this file after the train config:\n#   --config_file \"['<train config>','{path}']\"\n")
+              f"this file after the train config:\n#   python -m monai.bundle run training --config_file \"{[*train_config, str(path)]}\"\n")
     path.write_text(header + yaml.safe_dump(dict(best.params), sort_keys=False))
     return path
 
@@ -114,7 +114,7 @@ def _pyplot():
 
 def _save(ax, path: Path) -> None:
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=100)
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")  # keeps Optuna's outside legend
     _pyplot().close(ax.figure)
 
 
