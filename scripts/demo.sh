@@ -6,12 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 
+# demo-sized training: the synthetic sets are learnt in a few epochs (the configs' defaults suit the real data)
+DEMO_EPOCHS=${DEMO_EPOCHS:-5}
+
 bundle_demo() {  # bundle generator [generator args...]
   local bundle=bundles/$1 generator=$2; shift 2
   local configs=$bundle/configs
   [ -d "$bundle/data/synthetic" ] || segx-monai "$generator" --out "$bundle/data/synthetic" "$@"
   for network in classifier segmenter; do
-    python -m monai.bundle run training --config_file "$configs/train_$network.yaml"
+    python -m monai.bundle run training --config_file "$configs/train_$network.yaml" --max_epochs "$DEMO_EPOCHS"
     python -m monai.bundle run evaluating --config_file "['$configs/train_$network.yaml','$configs/evaluate.yaml']"
   done
   for explainer in gradcam gradient_shap; do
