@@ -30,18 +30,23 @@ def block(rows, cols):
 TINY = {"image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "interpret_batch_size": 8, "shap_samples": 4, "n_baselines": 4}
 
 
-def ham_workflow(bundle_root: Path, dataset_dir: Path, configs: list[str], workflow_type: str = "train", run_id: str = "run", **overrides) -> ConfigWorkflow:
-    """A ConfigWorkflow of the HAM bundle on ``dataset_dir`` writing to ``bundle_root``, with the tiny settings."""
+def bundle_workflow(configs_dir: Path, tiny: dict, bundle_root: Path, dataset_dir: Path, configs: list[str], workflow_type: str = "train", run_id: str = "run", **overrides) -> ConfigWorkflow:
+    """A ConfigWorkflow of the bundle in ``configs_dir`` on ``dataset_dir`` writing to ``bundle_root``, with ``tiny`` settings."""
     return ConfigWorkflow(
-        config_file=[str(HAM_CONFIGS / c) for c in configs],
-        meta_file=str(HAM_CONFIGS / "metadata.json"),
-        logging_file=str(HAM_CONFIGS / "logging.conf"),
+        config_file=[str(configs_dir / c) for c in configs],
+        meta_file=str(configs_dir / "metadata.json"),
+        logging_file=str(configs_dir / "logging.conf"),
         workflow_type=workflow_type,
         run_id=run_id,
         bundle_root=str(bundle_root),
         dataset_dir=str(dataset_dir),
-        **{**TINY, **overrides},
+        **{**tiny, **overrides},
     )
+
+
+def ham_workflow(*args, **overrides) -> ConfigWorkflow:
+    """A workflow of the HAM bundle with the tiny settings (arguments as :func:`bundle_workflow` after ``tiny``)."""
+    return bundle_workflow(HAM_CONFIGS, TINY, *args, **overrides)
 
 
 def run_workflow(workflow: ConfigWorkflow) -> ConfigWorkflow:
@@ -72,13 +77,9 @@ CHEST_CONFIGS = REPO / "bundles" / "chestx_segx" / "configs"
 CHEST_TINY = {**TINY, "image_size": 64}
 
 
-def chest_workflow(bundle_root: Path, dataset_dir: Path, configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
-    """A ConfigWorkflow of the chest bundle on ``dataset_dir`` writing to ``bundle_root``, with the tiny settings."""
-    return ConfigWorkflow(
-        config_file=[str(CHEST_CONFIGS / c) for c in configs], meta_file=str(CHEST_CONFIGS / "metadata.json"),
-        logging_file=str(CHEST_CONFIGS / "logging.conf"), workflow_type=workflow_type,
-        bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), **{**CHEST_TINY, **overrides},
-    )
+def chest_workflow(*args, **overrides) -> ConfigWorkflow:
+    """A workflow of the chest bundle with the tiny settings (arguments as :func:`bundle_workflow` after ``tiny``)."""
+    return bundle_workflow(CHEST_CONFIGS, CHEST_TINY, *args, **overrides)
 
 
 @pytest.fixture(scope="session")
