@@ -18,13 +18,15 @@ images as GradientSHAP baselines. Every variant is timed at batch 1 (the first i
   class, as shap's GradientExplainer). ``--published-shap-images`` images per repetition (cycled through the 16).
 
 All variants run once to warm up, then in interleaved rounds (the order rotates every round) so that a load shared
-with other processes hits them alike; each figure is the median over the rounds. Ratios are time ratios:
+with other processes hits them alike; each figure is the median over the rounds. A fast variant repeats its call
+within a round until the sample lasts ``--min-sample-s``. Ratios are time ratios:
 ms/image of the row divided by ms/image of the row named under "vs" (below 1 = faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -137,6 +139,7 @@ def main() -> None:
     parser.add_argument("--n-baselines", type=int, default=50, help="GradientSHAP reference images")
     parser.add_argument("--published-shap-images", type=int, default=1, help="images per round, one-at-a-time SHAP")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
+    parser.add_argument("--min-sample-s", type=float, default=0.25, help="fast variants: calls per sample to last this long")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,12 +164,16 @@ def main() -> None:
     pipeline_shap_warm = SegXPipeline(segmenter, shap_warm)
     target_layer = classifier.class_layers.relu
 
-    # one timed call per variant: returns (seconds, images explained, stage seconds or None)
-    def timed(fn: Callable[[], object], n_images: int) -> Callable[[], tuple[float, int, dict | None]]:
-        def run() -> tuple[float, int, dict | None]:
+    # one timed sample per variant: `calls` calls in a row; returns (seconds, images explained, stage seconds or None)
+    def timed(fn: Callable[[], object], n_images: int) -> Callable[[int], tuple[float, int, dict | None]]:
+        def run(calls: int = 1) -> tuple[float, int, dict | None]:
+            stage: dict[str, float] = {}
             start = time.perf_counter()
-            out = fn()
-            return time.perf_counter() - start, n_images, out if isinstance(out, dict) else None
+            for _ in range(calls):
+                out = fn()
+                for name, value in (out.items() if isinstance(out, dict) else ()):
+                    stage[name] = stage.get(name, 0.0) + value
+            return time.perf_counter() - start, calls * n_images, stage or None
 
         return run
 
@@ -197,10 +204,14 @@ def main() -> None:
         lambda: naive_shap_all_classes(classifier, images[0], baselines, min(args.n_samples, 10), seed=0), args.shap_repeats)
 
     print(f"DenseNet121 + BasicUNet, {N_IMAGES} images 3x{size}x{size}, GradientSHAP {args.n_samples} samples x "
-          f"{args.n_baselines} baselines, {torch.get_num_threads()} threads; warming up ...", flush=True)
+          f"{args.n_baselines} baselines, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+          "warming up ...", flush=True)
     wall = time.perf_counter()
-    for run, warm, _ in variants.values():
+    calls = {}
+    for key, (run, warm, _) in variants.items():
         (warm or run)()
+        # fast variants repeat their call within a sample, so that each sample lasts at least --min-sample-s
+        calls[key] = 1 if warm else max(1, math.ceil(args.min_sample_s / run()[0]))
 
     seconds: dict[tuple[str, int], list[float]] = {key: [] for key in variants}
     stages: dict[tuple[str, int], list[dict]] = {key: [] for key in variants}
@@ -211,7 +222,7 @@ def main() -> None:
             run, _, repeats = variants[key]
             if round_ >= repeats:
                 continue
-            elapsed, n, stage = run()
+            elapsed, n, stage = run(calls[key])
             seconds[key].append(elapsed / n)
             if stage is not None:
                 stages[key].append({name: s / n for name, s in stage.items()})
@@ -241,6 +252,7 @@ def main() -> None:
         ref = reference.get(key)
         ratio, vs = (f"{ms[key] / ms[ref]:6.2f}x", f"{ref[0]} (batch {ref[1]})") if ref else ("     - ", "")
         print(f"{key[0]:32s} {key[1]:5d} {ms[key]:10.1f} {1000 / ms[key]:9.2f} {ratio:>7s}  {vs}")
+    print("ratio = ms/image of the row / ms/image of the 'vs' row (below 1: faster)")
 
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
@@ -263,7 +275,7 @@ def main() -> None:
         for b in BATCH_SIZES:
             seg, exp, post = (stage_ms((name, b), s) for s in ("segmenter", "explainer", "segx_segu_metrics"))
             print(f"  {name:18s} batch {b:2d}: {seg:8.1f} | {exp:9.1f} | {post:6.2f} ({100 * post / exp:.1f}% of the explainer)")
-    print(f"total {time.perf_counter() - wall:.0f} s")
+    print(f"total {time.perf_counter() - wall:.0f} s, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="segx-monai search", description="Hyper-parameter search of a bundle train config on its validation fold (Optuna).",
         epilog="Other --KEY VALUE pairs override the config as with `python -m monai.bundle run`, e.g. --dataset_dir /data/HAM10000 "
-               "--search#n_trials 20 --search#sampler tpe --search#storage postgresql://user:pw@host/db.",
+               "--search#n_trials 20 --search#sampler tpe --search#storage postgresql+psycopg2://user:pw@host/db.",
     )
     parser.add_argument("train_config", help="train config, e.g. bundles/ham_segx/configs/train_classifier.yaml")
     parser.add_argument("--search_config", help="search config (default: search.yaml beside the train config)")
@@ -38,5 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--workers must be >= 1")
     command = worker_command(args.train_config, search_config, overrides)
     workers = [subprocess.Popen(command) for _ in range(args.workers)]
-    codes = [w.wait() for w in workers]
-    raise SystemExit(max(codes, key=abs))
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them queue their trials again before exiting
+        codes = [w.wait() for w in workers]
+    raise SystemExit(max(c if c >= 0 else 128 - c for c in codes))  # a worker ended by signal N: 128 + N, as a shell says

@@ -6,10 +6,14 @@ import csv
 import datetime
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from segx_monai.search.study import SearchSettings
 
 
 def format_params(params: dict) -> str:
@@ -28,11 +32,11 @@ def trial_note(trial: FrozenTrial, trials: list[FrozenTrial]) -> str:
         return trial.user_attrs["error"]
     if trial.state == TrialState.FAIL:
         retry = next((t.number for t in trials if trial.number in t.system_attrs.get("retry_history", [])), None)
-        return "its process stopped (no heartbeat)" + (f"; queued again as trial {retry}" if retry is not None else "")
+        return "stopped with its process (killed or interrupted)" + (f"; queued again as trial {retry}" if retry is not None else "")
     return trial.state.name.lower()
 
 
-def write_report(study: optuna.Study, settings, shown_url: str) -> Path:
+def write_report(study: optuna.Study, settings: SearchSettings, shown_url: str) -> Path:
     """Write ``<output_dir>/<study>/report/`` and, when a trial completed, the best trial's config overlay."""
     report_dir = settings.output_dir / study.study_name / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -119,5 +123,6 @@ def _save(ax, path: Path) -> None:
 
 
 def _table(header: list, rows: list[list]) -> str:
+    rows = [[f"{c:.6g}" if isinstance(c, float) else c for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows])

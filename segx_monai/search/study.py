@@ -3,9 +3,10 @@
 The objective is the validation key metric's best value (``validate#evaluator.state.best_metric``: val_auroc for the
 classifier, val_dice for the segmenter), maximised. Trials read the training and validation folds of the saved split
 only; the test fold is left to ``evaluate.yaml``. The study lives in an Optuna RDB storage (SQLite file by default, any
-SQLAlchemy URL such as ``postgresql://user:password@host:5432/db``), so re-running the command continues it and
+SQLAlchemy URL such as ``postgresql+psycopg2://user:password@host:5432/db``), so re-running the command continues it and
 several processes, on one machine or several, can work on it at once. A process killed mid-trial stops sending
-heartbeats: after two heartbeat intervals its trial is marked FAIL and queued again with the same values.
+heartbeats: after two heartbeat intervals its trial is marked FAIL and queued again with the same values (at once
+when the process is interrupted with Ctrl-C).
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from segx_monai.search.pruning import OptunaPruningHandler
 from segx_monai.search.report import format_params, trial_note, write_report
 from segx_monai.search.space import SearchError, SearchSpace
 
-# top-level keys of search.yaml: the trials take the train config's own initialize/finalize and leave out the rest
+# top-level keys the trials do not take from this run: search.yaml's own (they run the train config's initialize and
+# finalize) and the metadata
 SEARCH_KEYS = ("search", "searching", "initialize", "finalize", "_meta_")
-# config ids each trial gets from the search (with the reason, shown when one of them is put in search#space)
-TRIAL_FOLDER = ("bundle_root", "output_dir", "ckpt_dir", "resume")
-MAX_RETRY = 3  # times a trial whose process died is queued again before it counts as failed
+MAX_RETRY = 3  # times a trial whose process died or was interrupted is queued again before it counts as failed
 
 
 @dataclass
@@ -125,7 +125,7 @@ def run_search(search: Mapping, base: Mapping) -> optuna.Study:
     Every check (space ids, storage URL, the study's stored space) is done before the first trial trains.
     """
     settings = SearchSettings.from_config(search)
-    reserved = {k: "each trial writes to its own folder and starts fresh" for k in TRIAL_FOLDER}
+    reserved = {k: "each trial writes to its own folder and starts fresh" for k in _own_folder(settings.output_dir)}
     reserved.update({k: "search#pinned gives every trial this run's value (the data and its saved split)" for k in settings.pinned})
     settings.space.check_ids(trial_workflow(settings, base, settings.output_dir, {}).parser, reserved)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial instead of Optuna's own
@@ -142,18 +142,24 @@ def run_search(search: Mapping, base: Mapping) -> optuna.Study:
 
 def trial_workflow(settings: SearchSettings, base: Mapping, trial_dir: Path, params: Mapping) -> ConfigWorkflow:
     """A fresh train ConfigWorkflow: train config + ``base`` + pinned data + its own folder (not resumed) + ``params``."""
-    overrides = {**copy.deepcopy(dict(base)), **settings.pinned, **dict.fromkeys(TRIAL_FOLDER[:3], str(trial_dir)), "resume": False, **params}
+    overrides = {**copy.deepcopy(dict(base)), **settings.pinned, **_own_folder(trial_dir), **params}
     return ConfigWorkflow(config_file=settings.train_config, workflow_type="train", run_id="training", **overrides)
+
+
+def _own_folder(trial_dir: Path) -> dict:
+    """Outputs in the trial's folder, and no resuming: trials never overwrite the bundle's models or each other's runs."""
+    return {"bundle_root": str(trial_dir), "output_dir": str(trial_dir), "ckpt_dir": str(trial_dir), "resume": False}
 
 
 def open_storage(url: str, heartbeat_interval: int) -> tuple[optuna.storages.RDBStorage, str]:
     """Optuna's RDBStorage of ``url`` with heartbeats (a dead process's trial is queued again); its URL minus password."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     try:
         parsed = make_url(url)
     except Exception as e:
-        raise SearchError(f"search#storage {url!r} is not a database URL (e.g. sqlite:////abs/path/study.db, postgresql://user:pw@host/db).") from e
+        raise SearchError(f"search#storage {url!r} is not a database URL (e.g. sqlite:////abs/path/study.db, postgresql+psycopg2://user:pw@host/db).") from e
     shown = parsed.render_as_string(hide_password=True)
     connect_args = {}
     if parsed.get_backend_name() == "sqlite":
@@ -166,14 +172,25 @@ def open_storage(url: str, heartbeat_interval: int) -> tuple[optuna.storages.RDB
     elif parsed.get_driver_name() in ("psycopg2", "psycopg"):
         connect_args["connect_timeout"] = 10
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": connect_args}, heartbeat_interval=heartbeat_interval,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            )
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs={"connect_args": connect_args}, heartbeat_interval=heartbeat_interval,
+                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                    )
+                break
+            except (IntegrityError, OperationalError) as e:  # another process creating the same new database's tables
+                if attempt == 4 or not (isinstance(e, IntegrityError) or "already exists" in str(e)):
+                    raise
+                time.sleep(1)
     except Exception as e:  # SQLAlchemy connection errors, a missing database driver, a read-only file
-        raise SearchError(f"search#storage {shown}: cannot open it: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+        root = e
+        while (root.__cause__ or root.__context__) is not None:
+            root = root.__cause__ or root.__context__
+        hint = " (install the database driver, e.g. pip install psycopg2-binary for postgresql+psycopg2://...)" if isinstance(root, ImportError) else ""
+        raise SearchError(f"search#storage {shown}: cannot open it: {type(root).__name__}: {str(root).strip().splitlines()[0]}{hint}") from e
     return storage, shown
 
 
@@ -197,8 +214,10 @@ class _Objective:
 
     def __init__(self, settings: SearchSettings, base: Mapping, trials_dir: Path) -> None:
         self.settings, self.base, self.trials_dir = settings, base, trials_dir
+        self.number = -1  # the trial being run
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.number = trial.number
         reason = _surplus(trial.study, trial.number, self.settings.n_trials, self.settings.sampler == "grid")
         if reason:
             trial.set_user_attr("surplus", reason)
@@ -274,7 +293,15 @@ def _work(study: optuna.Study, objective: _Objective, settings: SearchSettings) 
         trials = study.get_trials(deepcopy=False)
         states = [t.state for t in trials]
         if TrialState.WAITING in states or len(_counted(trials)) < settings.n_trials:
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(settings)], gc_after_trial=True)
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(settings)], gc_after_trial=True)
+            except KeyboardInterrupt:  # Optuna has marked the trial FAIL: queue it again, as for a process that died
+                interrupted = study.get_trials(deepcopy=False)[objective.number]
+                if interrupted.state == TrialState.FAIL:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, interrupted)
+                raise
         elif TrialState.RUNNING in states:
             if not told_waiting:
                 running = [t.number for t in trials if t.state == TrialState.RUNNING]
