@@ -84,6 +84,8 @@ def test_grid_search_end_to_end_resumes_exports_the_best_values_and_never_reads_
     run_search_workflow(search_workflow(tmp_path, ham_dir, search={"n_trials": 1}))
     first = load(tmp_path).trials
     assert [t.state for t in first] == [TrialState.COMPLETE]
+    report = tmp_path / "search" / "segmenter" / "report"
+    assert "needs two complete trials" in (report / "param_importances.txt").read_text()  # one trial: no importance yet
     run_search_workflow(search_workflow(tmp_path, ham_dir, search={"n_trials": 2}))  # the same command with more trials continues the study
     run_search_workflow(search_workflow(tmp_path, ham_dir, search={"n_trials": 2}))  # and once it has them, adds none
     study = load(tmp_path)
@@ -99,7 +101,7 @@ def test_grid_search_end_to_end_resumes_exports_the_best_values_and_never_reads_
         assert sorted(trial.intermediate_values) == [1]
     assert not (tmp_path / "models").exists()
 
-    report = tmp_path / "search" / "segmenter" / "report"
+    assert (report / "param_importances.txt").read_text().startswith("learning_rate\t")
     assert (report / "trials.csv").read_text().count("COMPLETE") == 2
     for name in ("optimization_history.png", "param_importances.png", "best_validation_curve.png", "best_validation_curve.csv"):
         assert (report / name).stat().st_size > 0, name
