@@ -1,4 +1,5 @@
-"""``segx-monai`` command: the built-in data generators and the report, next to ``python -m monai.bundle``."""
+"""``segx-monai`` command: the built-in data generators, the report, the search, and the Model Zoo checks and
+archives of a bundle, next to ``python -m monai.bundle``."""
 
 from __future__ import annotations
 
@@ -11,17 +12,22 @@ COMMANDS = {
     "generate-chest": ("segx_monai.data.synthetic_chest", "write the synthetic chest X-ray set in the ChestX-Det10 layout"),
     "report": ("segx_monai.report", "rebuild report.html of an interpretation folder"),
     "search": ("segx_monai.search.cli", "hyper-parameter search of a bundle train config on the validation fold"),
+    "check": ("segx_monai.bundle.conformance", "check bundle folders against the MONAI Model Zoo's requirements"),
+    "pack": ("segx_monai.bundle.archive:pack_main", "pack a trained bundle into a zip with the sha256 of every file"),
+    "unpack": ("segx_monai.bundle.archive:unpack_main", "unpack a bundle archive into an empty folder, checking every file"),
+    "verify": ("segx_monai.bundle.archive:verify_main", "check an archive or unpacked bundle against its sha256 manifest"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Dispatch ``segx-monai <command> [args]`` to the command module's own ``main``."""
+    """Dispatch ``segx-monai <command> [args]`` to the command's ``module:function`` (default function ``main``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:16s} {help_}" for name, (_, help_) in COMMANDS.items())
         print(f"usage: segx-monai <command> [--help]\n\ncommands:\n{lines}")
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
-    import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    module, _, function = COMMANDS[argv[0]][0].partition(":")
+    getattr(import_module(module), function or "main")(argv[1:])
 
 
 if __name__ == "__main__":

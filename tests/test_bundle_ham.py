@@ -22,13 +22,6 @@ from segx_monai.handlers.checkpoint import latest_epoch_checkpoint
 from segx_monai.networks.classifiers import build_classifier, load_pretrained
 
 
-def bundle_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle ...`` from the repository root, as the bundle's docs say to run it."""
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def test_training_writes_weights_that_load_safely(trained_ham_bundle):
     for name in ("classifier", "segmenter"):
         state = torch.load(trained_ham_bundle / "models" / f"{name}.pt", map_location="cpu", weights_only=True)
@@ -89,19 +82,6 @@ def test_killed_training_resumes_without_redoing_epochs(ham_dir, tmp_path):
     assert epochs_run == list(range(killed_at + 1, 4))
     assert trainer.state.iteration == saved["trainer"]["iteration"] + (3 - killed_at) * trainer.state.epoch_length
     assert latest_epoch_checkpoint(checkpoints).name == "resume_checkpoint_3.pt"
-
-
-def test_verify_net_in_out_and_torchscript_export(trained_ham_bundle, tmp_path):
-    meta = str(HAM_CONFIGS / "metadata.json")
-    bundle_cli("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", str(HAM_CONFIGS / "train_classifier.yaml"))
-    bundle_cli("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", str(HAM_CONFIGS / "train_segmenter.yaml"),
-               "--_meta_#network_data_format#outputs#pred#num_channels", "2")
-    for name in ("classifier", "segmenter"):
-        exported = tmp_path / f"{name}.ts"
-        bundle_cli("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(trained_ham_bundle / "models" / f"{name}.pt"),
-                   "--meta_file", meta, "--config_file", str(HAM_CONFIGS / f"train_{name}.yaml"), "--key_in_ckpt", "model")
-        scripted = torch.jit.load(str(exported))
-        assert scripted(torch.rand(1, 3, 64, 64)).shape[1] == (7 if name == "classifier" else 2)
 
 
 def test_gpu_saved_checkpoint_loads_on_cpu(tmp_path, monkeypatch):

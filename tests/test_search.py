@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 from optuna.trial import TrialState
 
 import segx_monai.data.datalist as datalist
-from conftest import HAM_CONFIGS, REPO, TINY, ham_workflow
+from conftest import CHEST_CONFIGS, HAM_CONFIGS, REPO, TINY, chest_workflow, ham_workflow
 from segx_monai.search import SearchError, SearchSettings
 from segx_monai.cli import main as segx_monai_cli
 from segx_monai.search.study import open_storage, open_study
@@ -113,6 +113,19 @@ def test_grid_search_end_to_end_resumes_exports_the_best_values_and_never_reads_
     parser.read_config([SEGMENTER, str(overlay)])
     assert parser.get_parsed_content("learning_rate") == study.best_trial.params["learning_rate"]
     assert parser.get_parsed_content("batch_size") == ConfigParser.load_config_file(SEGMENTER)["batch_size"]
+
+
+@pytest.mark.parametrize("network", ["classifier", "segmenter"])
+def test_the_chest_bundle_searches_each_network(chest_dir, tmp_path, network):
+    config = str(CHEST_CONFIGS / f"train_{network}.yaml")
+    extra = {"segmenter_features": NARROW} if network == "segmenter" else {}
+    run_search_workflow(chest_workflow(tmp_path, chest_dir, [Path(config).name, "search.yaml"], run_id="searching", **extra,
+                                       **{"search#train_config": config, "search#space": GRID, "search#heartbeat_interval": 1}))
+    study = load(tmp_path, network, network)
+    assert complete_values(study) == GRID["learning_rate"]
+    assert all(t.value is not None and 0 <= t.value <= 1 for t in study.trials)
+    overlay = ConfigParser.load_config_file(str(tmp_path / "search" / f"best_hparams_{network}.yaml"))
+    assert overlay["learning_rate"] == study.best_trial.params["learning_rate"]
 
 
 def test_two_workers_share_the_study(ham_dir, tmp_path, monkeypatch):

@@ -89,7 +89,7 @@ class SyntheticChest:
 
 
 def plan_chestx_like(
-    n_train: int = 240, n_test: int = 80, seed: int = 0, spurious_strength: float = 0.9
+    n_train: int = 240, n_test: int = 80, seed: int = 0, spurious_strength: float = 0.75
 ) -> list[SyntheticChest]:
     """Draw file names, labels and confounders of every image, without pixels; train then test, by file name."""
     if n_train < 1 or n_test < 1 or n_train + n_test > NUMBER_RANGE:
@@ -571,7 +571,7 @@ def generate_chestx_like(
     n_test: int = 80,
     image_size: int = 128,
     seed: int = 0,
-    spurious_strength: float = 0.9,
+    spurious_strength: float = 0.75,
     dicom: bool = True,
 ) -> Path:
     """Write a synthetic ChestX-Det10 / ChestX-Det set (with DICOM copies if ``dicom``) to ``out_dir``; return it.
@@ -590,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-test", type=int, default=80)
     parser.add_argument("--size", type=int, default=128, help="side of the square images in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--spurious-strength", type=float, default=0.9)
+    parser.add_argument("--spurious-strength", type=float, default=0.75)
     parser.add_argument("--no-dicom", action="store_true", help="do not write the DICOM copies")
     args = parser.parse_args(argv)
     try:

@@ -197,8 +197,13 @@ def build_baselines(dataset: Sequence, n: int = 50, key: str = "image", seed: in
 
 
 def save_baselines(images: Tensor, path: str | os.PathLike) -> None:
-    """Save a reference set ``(N, C, *spatial)`` as a plain CPU tensor (loadable with ``weights_only=True``)."""
-    torch.save(images.detach().as_subclass(Tensor).cpu().clone(), path)
+    """Save a reference set ``(N, C, *spatial)`` as a plain CPU tensor (loadable with ``weights_only=True``).
+
+    Written to a temporary file and renamed, so processes of a distributed run that save the same set at once never
+    leave a half-written file for another to read."""
+    partial = f"{path}.{os.getpid()}.partial"
+    torch.save(images.detach().as_subclass(Tensor).cpu().clone(), partial)
+    os.replace(partial, path)
 
 
 def load_baselines(path: str | os.PathLike) -> Tensor:

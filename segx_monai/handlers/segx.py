@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
@@ -173,10 +174,15 @@ class LocalizationScores(IterationHandler):
         self.curve_count += int(defined.sum())
 
     def finish(self, engine: Engine) -> None:
-        for name, total in self.sums.items():
-            engine.state.metrics[name] = total / self.counts[name] if self.counts[name] else math.nan
-        if self.curves_path is not None:
-            n = max(self.curve_count, 1)
-            curves = {f"auitc_curve_{v}": (s / n).tolist() for v, s in self.curve_sums.items()}
+        """Metric means over every explained pair (summed over the ranks of a distributed run); rank 0 writes the curves."""
+        names = list(self.sums)
+        totals = idist.all_reduce(torch.tensor([self.sums[n] for n in names] + [self.counts[n] for n in names] + [self.curve_count], dtype=torch.float64))
+        curve_sums = {v: idist.all_reduce(s) for v, s in self.curve_sums.items()}
+        for name, total, count in zip(names, totals[: len(names)].tolist(), totals[len(names): -1].tolist()):
+            engine.state.metrics[name] = total / count if count else math.nan
+        if self.curves_path is not None and idist.get_rank() == 0:
+            curve_count = int(totals[-1])
+            n = max(curve_count, 1)
+            curves = {f"auitc_curve_{v}": (s / n).tolist() for v, s in curve_sums.items()}
             Path(self.curves_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.curves_path).write_text(json.dumps({"thresholds": self.thresholds.tolist(), **curves, "n": self.curve_count}))
+            Path(self.curves_path).write_text(json.dumps({"thresholds": self.thresholds.tolist(), **curves, "n": curve_count}))

@@ -6,9 +6,11 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
+from monai.utils import evenly_divisible_all_gather
 
 from segx_monai.metrics.classification import f1_optimal_thresholds
 
@@ -27,7 +29,9 @@ def load_thresholds(path: str | Path, class_names: Sequence[str]) -> list[float]
 
 class F1ThresholdSaver:
     """On the validation evaluator: whenever the key metric improves, choose the F1-optimal threshold per class on
-    that epoch's predictions and write them (with the F1s) to ``path``. Only ``(N, K)`` probabilities are kept."""
+    that epoch's predictions and write them (with the F1s) to ``path``. Only ``(N, K)`` probabilities are kept.
+
+    In a distributed run every rank attaches it: the validation shards are gathered, and rank 0 writes."""
 
     def __init__(self, path: str | Path, class_names: Sequence[str], output_transform: Callable = from_engine(["pred", "label"])) -> None:
         self.path, self.class_names, self.output_transform = Path(path), list(class_names), output_transform
@@ -48,7 +52,12 @@ class F1ThresholdSaver:
     def save_if_best(self, engine: Engine) -> None:
         if engine.state.best_metric_epoch != engine.state.epoch:
             return
-        thresholds, f1 = f1_optimal_thresholds(torch.stack(self.probs), torch.stack(self.labels))
+        probs, labels = torch.stack(self.probs), torch.stack(self.labels)
+        if idist.get_world_size() > 1:
+            probs, labels = (evenly_divisible_all_gather(t.to(idist.device()), concat=True).cpu() for t in (probs, labels))
+        if idist.get_rank() > 0:
+            return
+        thresholds, f1 = f1_optimal_thresholds(probs, labels)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps({
             "thresholds": dict(zip(self.class_names, thresholds.tolist())),

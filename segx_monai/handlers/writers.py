@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -105,39 +106,61 @@ class SampleTableWriter(IterationHandler):
     """Streams the rows, sample id first, to ``path`` (CSV) with the union of all rows' columns in first-seen order.
 
     Rows go to a JSON-lines file as they come and become the CSV at the end (two streamed passes), since a row of a
-    late sample may have columns the first one lacked (e.g. an image with no finding has no SegU score).
+    late sample may have columns the first one lacked (e.g. an image with no finding has no SegU score). In a
+    distributed run each rank streams its own shard's lines and rank 0 merges them, rank by rank, into the one CSV.
+    A run that fails keeps its lines file, so no finished row is lost.
     """
 
     def __init__(self, path: str | Path, id_key: str = "image_id") -> None:
         self.path, self.id_key = Path(path), id_key
-        self.lines_path = self.path.with_suffix(".jsonl")
         self._lines = None
+
+    def _lines_path(self, rank: int) -> Path:
+        return self.path.with_suffix(f".rank{rank}.jsonl" if idist.get_world_size() > 1 else ".jsonl")
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
-        engine.add_event_handler(Events.COMPLETED, self.close)
+        engine.add_event_handler(Events.STARTED, self.open)
+        engine.add_event_handler(Events.COMPLETED, self.write_table)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.close)
+
+    def open(self, engine: Engine | None = None) -> None:
+        """Start this rank's lines file (every rank, so that an empty shard still leaves one to merge)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lines = open(self._lines_path(idist.get_rank()), "w")
 
     def __call__(self, engine: Engine) -> None:
         if self._lines is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lines = open(self.lines_path, "w")
+            self.open()
         for batch_item, item in iterate_items(engine):
             for row in item_rows(item):
                 self._lines.write(json.dumps({self.id_key: str(batch_item[self.id_key]), **row}) + "\n")
 
     def close(self, engine: Engine | None = None, *_) -> None:
-        if self._lines is None:
+        if self._lines is not None:
+            self._lines.close()
+            self._lines = None
+
+    def write_table(self, engine: Engine | None = None) -> None:
+        """Close the lines and, on rank 0 once every rank has closed its own, write the CSV from all of them."""
+        self.close()
+        idist.barrier()
+        if idist.get_rank() > 0:
             return
-        self._lines.close()
-        self._lines = None
-        with open(self.lines_path) as lines:
-            columns = list(dict.fromkeys(key for line in lines for key in json.loads(line)))
-        with open(self.lines_path) as lines, open(self.path, "w", newline="") as table:
+        parts = [self._lines_path(rank) for rank in range(idist.get_world_size())]
+
+        def rows():
+            for part in parts:
+                with open(part) as lines:
+                    yield from map(json.loads, lines)
+
+        columns = list(dict.fromkeys(key for row in rows() for key in row))
+        with open(self.path, "w", newline="") as table:
             writer = csv.DictWriter(table, fieldnames=columns, restval="")
             writer.writeheader()
-            writer.writerows(json.loads(line) for line in lines)
-        self.lines_path.unlink()
+            writer.writerows(rows())
+        for part in parts:
+            part.unlink()
         logger.info("Wrote %s", self.path)
 
 

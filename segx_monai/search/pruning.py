@@ -11,6 +11,7 @@ class OptunaPruningHandler:
 
     The trainer is terminated rather than ``optuna.TrialPruned`` raised inside Ignite, where MONAI's StatsHandler would
     log it as an error twice; the objective raises ``optuna.TrialPruned`` once the trainer returns with ``pruned_at`` set.
+    The last epoch is reported but never pruned: the trial has finished, and its score is as complete as any other's.
     """
 
     def __init__(self, trial: optuna.Trial, trainer: Engine) -> None:
@@ -22,6 +23,6 @@ class OptunaPruningHandler:
     def __call__(self, evaluator: Engine) -> None:
         epoch = evaluator.state.epoch  # MONAI's evaluator runs as epoch `trainer epoch`
         self.trial.report(float(evaluator.state.metrics[evaluator.state.key_metric_name]), epoch)
-        if self.trial.should_prune():
+        if epoch < self.trainer.state.max_epochs and self.trial.should_prune():
             self.pruned_at = epoch
             self.trainer.terminate()
