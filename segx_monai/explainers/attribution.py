@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import captum.attr
@@ -191,9 +192,12 @@ def build_baselines(dataset: Sequence, n: int = 50, key: str = "image", seed: in
     items may be images or mappings holding the image under ``key`` (MONAI dictionary datasets).
     """
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    items = (dataset[int(i)] for i in order)
-    images = [item[key] if isinstance(item, Mapping) else item for item in items]
-    return torch.stack([torch.as_tensor(image).as_subclass(Tensor) for image in images])
+    return torch.stack([_image(dataset[int(i)], key) for i in order])
+
+
+def _image(item, key: str) -> Tensor:
+    """The image of a dataset item: the item itself, or its ``key`` entry (MONAI dictionary datasets)."""
+    return torch.as_tensor(item[key] if isinstance(item, Mapping) else item).as_subclass(Tensor)
 
 
 def save_baselines(images: Tensor, path: str | os.PathLike) -> None:
@@ -216,8 +220,15 @@ def load_baselines(path: str | os.PathLike) -> Tensor:
 
 def saved_baselines(path: str | os.PathLike, dataset: Sequence, n: int = 50, key: str = "image", seed: int = 0) -> Tensor:
     """The reference set saved at ``path``, drawn once from ``dataset`` (the training split) when it does not exist yet,
-    so that every interpretation run of a bundle explains against the same baselines."""
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_baselines(build_baselines(dataset, n=min(n, len(dataset)), key=key, seed=seed), path)
+    so that every interpretation run of a bundle explains against the same baselines. A saved set that no longer fits
+    (another image size, channel count or ``n``) is drawn again, with a warning naming the file."""
+    n = min(n, len(dataset))
+    if os.path.exists(path):
+        images = load_baselines(path)
+        expected = (n, *_image(dataset[0], key).shape)
+        if tuple(images.shape) == expected:
+            return images
+        warnings.warn(f"{path}: saved baselines {tuple(images.shape)} do not fit this run's {expected}; drawing them again")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_baselines(build_baselines(dataset, n=n, key=key, seed=seed), path)
     return load_baselines(path)
