@@ -30,7 +30,12 @@ from monai.data import ImageReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images  # what MONAI's own readers use
 from pydicom.dataset import Dataset
 from pydicom.misc import is_dicom as has_dicm_prefix
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+try:
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+except ImportError:  # pydicom 2.4, which MONAI Label needs: no decoder registry, ``pixel_array`` names what is missing
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi, apply_windowing
+
+    get_decoder = None
 
 __all__ = ["DicomReadError", "DicomReader", "dicom_datalist", "is_dicom", "read_dicom"]
 
@@ -188,6 +193,8 @@ def _check_decoder(ds: Dataset) -> None:
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None:
         raise DicomReadError(f"{ds.filename}: no Transfer Syntax UID (0002,0010) in the file meta information")
+    if get_decoder is None:
+        return
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as err:

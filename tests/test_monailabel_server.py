@@ -1,0 +1,211 @@
+"""MONAI Label integration: a real server, in MONAI Label's own environment (scripts/monailabel_env.sh, built once per
+machine), serving tiny trained bundles on 127.0.0.1; its label images and JSON are checked against the ground truth
+and against the bundles' own inference on the same studies. Every step is bounded in time and the server is always
+stopped, also when a check fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, REPO, TINY, bundle_workflow, run_workflow
+
+sys.path.insert(0, str(REPO / "monailabel_app"))
+from local_server import ServerError, local_server  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
+ENV_TIMEOUT = 1500  # s: a fresh MONAI Label environment (about 8 GB) takes a few minutes to install
+START_TIMEOUT = 300  # s: until /info/ answers
+TRAIN_TIMEOUT = 600  # s: one-epoch training in a subprocess of the server
+TINY_SETTINGS = {"ham_segx": TINY, "chestx_segx": CHEST_TINY}
+CONFIGS = {"ham_segx": HAM_CONFIGS, "chestx_segx": CHEST_CONFIGS}
+MASK_SUFFIX = {"ham_segx": "_mask", "chestx_segx": "_lungs"}  # the bundles' inference masks, <image id><suffix>.png
+TRAIN_STUDIES = {"ham_segx": "ham_*", "chestx_segx": "chest_*"}  # demo_studies.py names studies <prefix>_<image id>
+# the studies of each kind the checks run on: a dermoscopy JPEG, a chest X-ray PNG and its DICOM copy
+STUDY_KINDS = [("ham_segx", ".jpg"), ("chestx_segx", ".png"), ("chestx_segx", ".dcm")]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, trained_ham_bundle, trained_chest_bundle, ham_dir, chest_dir):
+    """Copies of the tiny bundles (training overwrites their segmenter), a studies folder of their test images (some
+    labelled) with two bad studies, the datasets, and the bundle roots."""
+    work = tmp_path_factory.mktemp("monailabel")
+    roots = {name: work / name for name in CONFIGS}
+    shutil.copytree(trained_ham_bundle, roots["ham_segx"])
+    shutil.copytree(trained_chest_bundle, roots["chestx_segx"])
+    datasets = {"ham_segx": ham_dir, "chestx_segx": chest_dir}
+    studies = work / "studies"
+    command = [sys.executable, str(REPO / "monailabel_app" / "demo_studies.py"), "--out", str(studies), "--images", "3", "--labels", "3", "--dicom", "1"]
+    for name, root in roots.items():
+        command += ["--bundle", name, str(root), str(datasets[name])]
+    subprocess.run(command, check=True, timeout=300)
+    manifest = json.loads((studies / "segx_studies.json").read_text())
+    (studies / "bad_note.png").write_text("a clinical note, not an image")
+    dicom = next(s for s in manifest if s.endswith(".dcm"))
+    no_pixels = pydicom.dcmread(studies / dicom)
+    del no_pixels.PixelData
+    no_pixels.save_as(studies / "bad_nopixels.dcm")
+    return {"roots": roots, "datasets": datasets, "studies": studies, "manifest": manifest}
+
+
+@pytest.fixture(scope="module")
+def server(served, tmp_path_factory):
+    """The MONAI Label server on a free loopback port, started by scripts/monailabel.sh and always stopped."""
+    built = subprocess.run(["bash", str(REPO / "scripts" / "monailabel_env.sh")], capture_output=True, text=True, timeout=ENV_TIMEOUT)
+    if built.returncode:
+        pytest.fail(f"the MONAI Label environment could not be built:\n{built.stderr[-4000:]}")
+    options = []
+    for name, root in served["roots"].items():
+        overrides = {"bundle_root": str(root), "dataset_dir": str(served["datasets"][name]), "image_size": TINY_SETTINGS[name]["image_size"]}
+        options += ["--conf", f"{name}_overrides", json.dumps(overrides), "--conf", f"{name}_train_studies", TRAIN_STUDIES[name]]
+    log = tmp_path_factory.mktemp("monailabel_log") / "server.log"
+    try:
+        with local_server(served["studies"], options, log, START_TIMEOUT) as client:
+            yield client
+    except ServerError as err:
+        pytest.fail(str(err))
+
+
+def infer(server, model: str, study: str) -> tuple[int, dict | str, np.ndarray | None]:
+    """``(status, JSON result or error detail, label image as an array)``."""
+    status, result, image = server.infer(model, study)
+    return status, result, None if image is None else np.asarray(Image.open(io.BytesIO(image)))
+
+
+@pytest.fixture(scope="module")
+def bundle_results(served, tmp_path_factory):
+    """The bundles' own inference (inference.yaml, in this environment) on the studies: ``{study: (CSV rows, mask)}``."""
+    out = tmp_path_factory.mktemp("bundle_inference")
+    results = {}
+    for name in CONFIGS:
+        studies = [s for s, info in served["manifest"].items() if info["bundle"] == name]
+        inference_dir = out / name
+        run_workflow(bundle_workflow(CONFIGS[name], TINY_SETTINGS[name], served["roots"][name], served["datasets"][name],
+                                     ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+                                     input=[str(served["studies"] / s) for s in studies], inference_dir=str(inference_dir)))
+        rows = list(csv.DictReader(open(inference_dir / "predictions.csv")))
+        for study in studies:
+            stem = Path(study).stem
+            mask = np.asarray(Image.open(inference_dir / "masks" / f"{stem}{MASK_SUFFIX[name]}.png")) > 0
+            results[study] = ([r for r in rows if r["image_id"] == stem], mask)
+    return results
+
+
+def study_of(served, bundle: str, suffix: str) -> str:
+    return next(s for s, info in served["manifest"].items() if info["bundle"] == bundle and s.endswith(suffix))
+
+
+def ground_truth(served, study: str) -> np.ndarray:
+    return np.asarray(Image.open(served["manifest"][study]["mask"]).convert("L")) > 127
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+
+
+def test_info_lists_both_bundles_tasks(server):
+    status, info = server.json("/info/")
+    assert status == 200
+    for bundle, region in (("ham_segx", "lesion"), ("chestx_segx", "lungs")):
+        assert info["models"][f"{bundle}_segmenter"]["labels"] == {region: 1}
+        assert info["models"][f"{bundle}_segx"]["labels"] == {"segx": 1}
+        assert info["models"][f"{bundle}_segx"]["type"] == "segmentation" and info["models"][f"{bundle}_segx"]["dimension"] == 2
+        assert f"{bundle}_segmenter" in info["trainers"]
+    assert info["datastore"]["total"] >= 8  # JPEG, PNG and DICOM studies are all listed
+
+
+@pytest.mark.parametrize("bundle, suffix", STUDY_KINDS)
+def test_segmenter_label_is_the_region_at_the_study_size(server, served, bundle_results, bundle, suffix):
+    study = study_of(served, bundle, suffix)
+    status, result, label = infer(server, f"{bundle}_segmenter", Path(study).stem)
+    assert status == 200, result
+    truth = ground_truth(served, study)
+    assert label.shape == truth.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1}
+    region = label > 0
+    own_mask = bundle_results[study][1]
+    assert dice(region, own_mask) > 0.95  # what the bundle itself finds, in the same orientation
+    # where the ground truth is (the one-epoch segmenters over-segment): most of it covered, and enriched in the label
+    assert (region & truth).sum() >= 0.7 * truth.sum() and truth[region].mean() >= 1.5 * truth.mean()
+    if truth.shape[0] == truth.shape[1]:  # a transposed label of a square image would fit its ground truth worse
+        assert dice(region, truth) > dice(region.T, truth)
+
+
+@pytest.mark.parametrize("bundle, suffix", STUDY_KINDS)
+def test_segx_result_matches_the_bundle_and_flags_review_by_its_threshold(server, served, bundle_results, bundle, suffix):
+    study = study_of(served, bundle, suffix)
+    status, result, label = infer(server, f"{bundle}_segx", Path(study).stem)
+    assert status == 200, result
+    rows, own_mask = bundle_results[study]
+    probs = result["probabilities"]
+    assert all(0 <= p <= 1 for p in probs.values())
+    if bundle == "ham_segx":  # one softmax over the 7 diagnoses, one explained prediction
+        assert not result["multi_label"] and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+        assert result["prediction"] == max(probs, key=probs.get) == rows[0]["prediction"]
+    else:  # multi-label sigmoids: each finding at or above its validation threshold is explained
+        assert result["multi_label"]
+        assert result["prediction"] == [f for f in probs if probs[f] >= result["thresholds"][f]]
+        assert result["prediction"] == [r["finding"] for r in rows if r["finding"]]
+    for name, p in probs.items():
+        assert p == pytest.approx(float(rows[0][f"p_{name}"]), abs=1e-4)
+    assert [s["class"] for s in result["segu"]] == ([result["prediction"]] if bundle == "ham_segx" else result["prediction"])
+    for scores, row in zip(result["segu"], rows):
+        assert scores["ciou"] == pytest.approx(float(row["ciou"]), abs=0.02)
+        assert scores["cauitc"] == pytest.approx(float(row["cauitc"]), abs=0.02)
+        assert scores["review"] == (scores[result["certainty_score"]] < result["review_threshold"])
+    assert result["review"] == any(s["review"] for s in result["segu"])
+    assert result["review_threshold"] == 0.1 and result["certainty_score"] == "ciou"  # the bundles' inference.yaml
+    truth = ground_truth(served, study)
+    assert label.shape == truth.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1}
+    if result["segu"]:
+        shown = max(result["segu"], key=lambda s: s["probability"])
+        assert result["label_class"] == shown["class"]
+        segx = label > 0
+        if not shown["empty_region"] and segx.any():  # SegX keeps the map inside the predicted region
+            assert (segx & own_mask).sum() >= 0.9 * segx.sum()
+    else:
+        assert result["label_class"] is None and not label.any() and not result["review"]
+
+
+@pytest.mark.parametrize("model, study, status, words", [
+    ("chestx_segx_segx", "bad_note", 422, ["bad_note.png", "not readable as an image"]),
+    ("ham_segx_segmenter", "bad_note", 422, ["bad_note.png", "not readable as an image"]),
+    ("chestx_segx_segx", "bad_nopixels", 422, ["bad_nopixels.dcm", "no Pixel Data"]),
+    ("chestx_segx_segmenter", "bad_nopixels", 422, ["bad_nopixels.dcm", "no Pixel Data"]),
+    ("no_such_model", "bad_note", 404, ["unknown model 'no_such_model'", "chestx_segx_segx"]),
+    ("ham_segx_segx", "no_such_study", 404, ["unknown study 'no_such_study'"]),
+])
+def test_bad_input_is_a_clear_http_error_and_the_server_keeps_serving(server, served, model, study, status, words):
+    got, detail, label = infer(server, model, study)
+    assert got == status and label is None
+    assert all(word in detail for word in words), detail
+    assert infer(server, "chestx_segx_segmenter", Path(study_of(served, "chestx_segx", ".png")).stem)[0] == 200
+
+
+def test_train_writes_a_new_segmenter_checkpoint_from_the_datastore_labels(server, served):
+    checkpoint = served["roots"]["ham_segx"] / "models" / "segmenter.pt"
+    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    status, task = server.json("/train/ham_segx_segmenter", "POST", {"max_epochs": 1, "val_split": 0.34})
+    assert status == 200 and task["status"] in ("SUBMITTED", "RUNNING"), task
+    deadline = time.monotonic() + TRAIN_TIMEOUT
+    while (task := server.json("/train/")[1])["status"] in ("SUBMITTED", "RUNNING"):
+        assert time.monotonic() < deadline, f"training still running after {TRAIN_TIMEOUT} s:\n{server.tail()}"
+        time.sleep(3)
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])) or server.tail()
+    assert "Total Records for Training: 2" in server.log.read_text()  # the 3 labelled dermoscopy studies, 1 for validation
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() != before
+    study = Path(study_of(served, "ham_segx", ".jpg")).stem
+    assert infer(server, "ham_segx_segmenter", study)[0] == 200  # the new checkpoint is served
