@@ -26,6 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from segx_monai.data.readers import xray_readers
 from segx_monai.io import (
     DicomReader,
     DicomReadError,
@@ -149,6 +150,20 @@ def test_dicom_reader_through_load_image(tmp_path, png_reference):
     np.testing.assert_array_equal(np.asarray(batch_of_one), np.asarray(image))
     two = LoadImage(reader=DicomReader(), image_only=True)([path, path])
     assert tuple(two.shape) == (2, *PICTURE.shape) and two.meta["original_channel_dim"] == 0
+
+
+def test_xray_reader_picks_dicom_or_png_by_content_without_a_failed_attempt(tmp_path, png_reference, caplog):
+    """The chest bundle's reader: a PNG, a 16-bit MONOCHROME1 DICOM and an extension-less one give the same picture,
+    each by its own reader, so nothing is logged as "unable to load"."""
+    png, dicom, bare = tmp_path / "picture.png", tmp_path / "picture.dcm", tmp_path / "IM0002"
+    Image.fromarray(PICTURE).save(png)
+    write_dicom_variant(PICTURE, dicom, bits=16, photometric="MONOCHROME1")
+    write_dicom_variant(PICTURE, bare, transfer_syntax="rle")
+    load = LoadImage(reader=xray_readers(), image_only=True)
+    with caplog.at_level(logging.INFO):
+        for path in (png, dicom, bare):
+            np.testing.assert_allclose(np.asarray(load(path)), png_reference, atol=EXACT, err_msg=path.name)
+    assert "unable to load" not in caplog.text
 
 
 def test_dicom_reader_in_a_dictionary_config(tmp_path, png_reference):

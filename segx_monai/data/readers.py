@@ -7,7 +7,7 @@ masks and overlays written back to PNG or DICOM line up with the source image wi
 from __future__ import annotations
 
 import numpy as np
-from monai.data import PILReader
+from monai.data import ImageReader, PILReader
 from PIL import Image
 
 from segx_monai.io.dicom import DicomReader
@@ -31,10 +31,35 @@ def unit_grayscale(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
 
 
-def xray_readers() -> list:
-    """Chest X-ray readers: DICOM (``.dcm`` or a DICM preamble) and PNG/JPEG, both to one [0, 1] channel in numpy order.
+class XRayReader(ImageReader):
+    """Chest X-ray files to one [0, 1] channel in numpy order: DICOM (``.dcm`` or a DICM preamble) by
+    :class:`DicomReader` (rescale, VOI LUT or window, MONOCHROME1 inversion, so a DICOM and the PNG exported from it
+    give the same array), anything else (PNG, JPEG) by PIL.
 
-    The DICOM reader applies rescale, VOI LUT or window and MONOCHROME1 inversion, so a DICOM and the PNG exported
-    from it give the same array.
+    One reader that picks by content, rather than MONAI's list of readers, which tries each in turn and logs every
+    PNG's failed DICOM attempt.
     """
-    return [PILReader(reverse_indexing=False, converter=unit_grayscale), DicomReader()]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dicom = DicomReader()
+        self.picture = PILReader(reverse_indexing=False, converter=unit_grayscale)
+
+    def _reader(self, filename) -> ImageReader:
+        return self.dicom if self.dicom.verify_suffix(filename) else self.picture
+
+    def verify_suffix(self, filename) -> bool:
+        return self.dicom.verify_suffix(filename) or self.picture.verify_suffix(filename)
+
+    def read(self, data, **kwargs):
+        reader = self._reader(data)
+        return reader, reader.read(data, **kwargs)
+
+    def get_data(self, img):
+        reader, image = img
+        return reader.get_data(image)
+
+
+def xray_readers() -> list[ImageReader]:
+    """The readers of the chest bundle's images (a list, as ``LoadImaged(reader=...)`` takes it)."""
+    return [XRayReader()]
