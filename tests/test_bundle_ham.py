@@ -123,3 +123,17 @@ def test_pretrained_download_offline_gives_a_clear_error(monkeypatch):
 def _save(path: Path, obj) -> Path:
     torch.save(obj, path)
     return path
+
+
+@pytest.mark.parametrize("flag, value", [("resume", "false"), ("pretrained", "true"), ("pretrained", "False")])
+def test_a_boolean_given_as_text_on_the_command_line_is_refused(ham_dir, tmp_path, flag, value):
+    """`--resume false` reaches the config as the text 'false' (truthy): refused with the spelling that works."""
+    workflow = ham_workflow(tmp_path, ham_dir, ["train_classifier.yaml"], **{flag: value})
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+        workflow.run()
+    chain, error = [], info.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    assert any(f"--{flag} {value.title()}" in message for message in chain), chain

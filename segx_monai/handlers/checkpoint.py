@@ -39,6 +39,8 @@ class ResumableCheckpoint:
         map_location: str = "cpu",
         enabled: bool = True,
     ) -> None:
+        if not isinstance(enabled, bool):  # the command line gives `--resume false` as the text 'false', which is truthy
+            raise TypeError(f"resume must be True or False, got {enabled!r}; on the command line write --resume False")
         self.save_dir, self.save_dict, self.map_location, self.enabled = Path(save_dir), dict(save_dict), map_location, enabled
         if key_metric_saver is not None:
             self.save_dict["key_metric_tracking"] = _KeyMetricTracking(key_metric_saver)

@@ -49,6 +49,8 @@ def build_classifier(
     }
     if name not in builders:
         raise ValueError(f"unknown classifier {name!r}; expected one of {sorted(builders)}.")
+    if isinstance(pretrained, str) and pretrained.lower() in ("true", "false"):  # `--pretrained true` arrives as text
+        raise ValueError(f"pretrained={pretrained!r} is text, not a weights file; on the command line write --pretrained {pretrained.title()}")
     if pretrained is True:
         try:
             return builders[name](True)
