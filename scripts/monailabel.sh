@@ -3,8 +3,8 @@
 #
 #   bash scripts/monailabel.sh
 #       from a fresh clone: set up .venv (make setup) and MONAI Label's own environment (scripts/monailabel_env.sh),
-#       train the demo bundles where bundles/*/models/ lack a classifier or segmenter (as `make demo` does, DEMO_EPOCHS
-#       epochs), write demo studies (dermoscopy JPEG, chest X-ray PNG and DICOM, some labelled) to
+#       prepare the demo bundles with scripts/prepare.sh as `make demo` does (generate the data if missing, train or
+#       resume, DEMO_EPOCHS epochs), write demo studies (dermoscopy JPEG, chest X-ray PNG and DICOM, some labelled) to
 #       data/monailabel_studies, and serve them.
 #   bash scripts/monailabel.sh serve STUDIES [monailabel start_server options, e.g. --conf ham_segx_overrides '{...}']
 #       serve a studies folder, or a DICOMweb server's URL, with the bundles as they are.
@@ -29,17 +29,11 @@ serve() {  # studies [start_server options...]
 
 demo() {
   make setup
-  local python=.venv/bin/python epochs=${DEMO_EPOCHS:-5} studies=data/monailabel_studies
+  local python=.venv/bin/python studies=data/monailabel_studies
   local -a bundle_args=()
-  for spec in ham_segx:generate-ham chestx_segx:generate-chest; do
-    local bundle=${spec%%:*} generator=${spec#*:}
-    local root=bundles/$bundle data=bundles/$bundle/data/synthetic
-    [ -d "$data" ] || .venv/bin/segx-monai "$generator" --out "$data"
-    for network in classifier segmenter; do
-      [ -f "$root/models/$network.pt" ] || $python -m monai.bundle run training \
-        --config_file "$root/configs/train_$network.yaml" --max_epochs "$epochs"
-    done
-    bundle_args+=(--bundle "$bundle" "$root" "$data")
+  for bundle in ham_segx chestx_segx; do
+    PYTHON=$python bash scripts/prepare.sh "$bundle"
+    bundle_args+=(--bundle "$bundle" "bundles/$bundle" "bundles/$bundle/data/synthetic")
   done
   [ -f "$studies/segx_studies.json" ] || $python monailabel_app/demo_studies.py --out "$studies" "${bundle_args[@]}"
   serve "$studies" --conf ham_segx_train_studies 'ham_*' --conf chestx_segx_train_studies 'chest_*'
