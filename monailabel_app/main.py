@@ -11,17 +11,21 @@ Conf (``--conf key value``): ``bundles`` (default ``ham_segx,chestx_segx``); ``<
 bundle config overrides, e.g. ``{"bundle_root": "/models/ham", "image_size": 224}`` (``bundle_root`` defaults to
 ``bundles/<b>`` of this repository); ``<b>_train_studies``, the file-name pattern of the studies whose final labels
 train ``<b>_segmenter`` (default ``*``). See scripts/monailabel.sh and the README.
+
+Studies are the datastore's only: a study given as a server path (absolute, with ``..``), or one whose file lies outside
+the datastore's folder (a symlink to elsewhere), is refused with HTTP 403; an upload, which MONAI Label passes on as a
+temporary file outside the datastore, as well.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
-from segx_tasks import REGIONS, Bundle, RegionTask, SegmenterTrainTask, SegXTask, StudyReadError
+from segx_tasks import REGIONS, Bundle, RegionTask, SegmenterTrainTask, SegXTask, StudyReadError, datastore_dir
+from study_paths import StudyRefused, check_study_id, inside_datastore
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +47,10 @@ class SegXApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict:
-        infers = {}
+        infers, folder = {}, datastore_dir(self.datastore())
         for bundle in self.bundles:
-            infers[f"{bundle.name}_segmenter"] = RegionTask(bundle)
-            infers[f"{bundle.name}_segx"] = SegXTask(bundle)
+            infers[f"{bundle.name}_segmenter"] = RegionTask(bundle, folder)
+            infers[f"{bundle.name}_segx"] = SegXTask(bundle, folder)
         return infers
 
     def init_trainers(self) -> dict:
@@ -54,14 +58,23 @@ class SegXApp(MONAILabelApp):
 
     def infer(self, request: dict, datastore=None) -> dict:
         """MONAI Label's inference, with an HTTP error that says what went wrong instead of a bare 500: 404 for an
-        unknown model or study, 422 for a study the bundle cannot read, 500 with the cause otherwise."""
+        unknown model or study, 403 for a study outside the datastore, 422 for a study the bundle cannot read, 500 with
+        the cause otherwise."""
         model, image = request.get("model"), request.get("image")
         if model not in self._infers:
             raise HTTPException(404, f"unknown model {model!r}; this server has: {', '.join(sorted(self._infers))}")
-        if isinstance(image, str) and not os.path.exists(image) and not (datastore or self.datastore()).get_image_uri(image):
-            raise HTTPException(404, f"unknown study {image!r}: not in the datastore {self.studies}")
+        datastore = datastore or self.datastore()
         try:
+            if isinstance(image, str):
+                check_study_id(image, self.studies)
+                if not (uri := datastore.get_image_uri(image)):
+                    raise HTTPException(404, f"unknown study {image!r}: not in the datastore {self.studies}")
+                inside_datastore(image, uri, datastore_dir(datastore))
             return super().infer(request, datastore)
+        except HTTPException:
+            raise
+        except StudyRefused as err:
+            raise HTTPException(403, str(err)) from err
         except StudyReadError as err:
             raise HTTPException(422, str(err)) from err
         except Exception as err:  # anything else is the server's fault; say which model and study

@@ -2,8 +2,8 @@
 
 Nothing here re-implements the bundles: pre-processing, networks, checkpoints, the SegX and SegU handlers and the
 training workflow are the ones the bundle configs define, parsed with MONAI's ``ConfigParser``. What is added is the
-MONAI Label side: the label image at the study's size, a JSON result, studies that are DICOMweb series folders, and
-errors that name the study.
+MONAI Label side: the label image at the study's size, a JSON result, studies that are DICOMweb series folders, errors
+that name the study, and studies read only from the datastore's own folder.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from monai.bundle import ConfigComponent, ConfigParser
 from monai.handlers import CheckpointLoader
 from monai.transforms import Lambdad, MapTransform
 from monai.utils.module import locate
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
@@ -28,6 +30,7 @@ from segx_monai.handlers.region import RegionSegmentation
 from segx_monai.handlers.segx import ExplainPredictions, SegUScores, SegXMaps
 from segx_monai.handlers.writers import MultiLabelPredictionColumns, PredictionColumns, resize_to
 from segx_monai.io.dicom import is_dicom
+from study_paths import StudyRefused, inside_datastore
 
 # the clinical region each bundle's segmenter finds (channel 1 of its background/region softmax)
 REGIONS = {"ham_segx": "lesion", "chestx_segx": "lungs"}
@@ -41,8 +44,6 @@ IN_MEMORY_HANDLERS = (
 )
 # label images as 8-bit PNG whatever the study's format (MONAI Label would otherwise write the study's own format)
 LABEL_OUTPUT = {"result_extension": ".png", "result_dtype": "uint8"}
-# datastore labels are label maps (0 background, 1 region), not the bundles' 0/255 masks
-DATASTORE_LABEL_THRESHOLD = 0.5
 
 
 class StudyReadError(ValueError):
@@ -111,23 +112,37 @@ def root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
 
+def datastore_dir(datastore) -> Path:
+    """The folder a datastore keeps its images and labels in: the studies folder, or the local cache of a DICOMweb
+    server (MONAI Label gives it no public name)."""
+    if not isinstance(datastore, LocalDatastore):
+        raise ValueError(f"{type(datastore).__name__}: this app serves a studies folder or a DICOMweb server")
+    return Path(datastore._datastore_path).resolve()
+
+
 def handler_class(config: dict) -> type:
     """The class a handler's config instantiates (``_target_`` may be a MONAI short name)."""
     return locate(ConfigComponent(config).resolve_module_name())
 
 
-class SeriesImage(MapTransform):
-    """A study that is a folder (a DICOMweb series as MONAI Label downloads it) becomes the one DICOM image in it."""
+class StudyImage(MapTransform):
+    """A study as the one image file the bundle reads: the file, or the one DICOM image of a folder (a DICOMweb series
+    as MONAI Label downloads it), with symlinks resolved; :class:`StudyRefused` when it lies outside the datastore."""
+
+    def __init__(self, keys: str, datastore_dir: Path) -> None:
+        super().__init__(keys)
+        self.datastore_dir = datastore_dir
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            folder = Path(d[key])
-            if folder.is_dir():
-                images = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom(p))
+            path = inside_datastore(d[key], d[key], self.datastore_dir)
+            if path.is_dir():
+                images = sorted(p for p in path.iterdir() if p.is_file() and is_dicom(p))
                 if len(images) != 1:
-                    raise StudyReadError(f"{folder}: a series of {len(images)} DICOM images; expected one 2D image")
-                d[key] = str(images[0])
+                    raise StudyReadError(f"{path}: a series of {len(images)} DICOM images; expected one 2D image")
+                path = inside_datastore(d[key], images[0], self.datastore_dir)
+            d[key] = str(path)
         return d
 
 
@@ -154,16 +169,18 @@ class LabelImage(MapTransform):
 
 
 class _BundleInferTask(BasicInferTask):
-    """An infer task on the pre-processing of the bundle's inference config, whose label image is a thresholded map
-    at the study's size; read errors of the study become :class:`StudyReadError`."""
+    """An infer task on the pre-processing of the bundle's inference config, for studies in ``datastore_dir`` only,
+    whose label image is a thresholded map at the study's size; read errors of the study become
+    :class:`StudyReadError`."""
 
-    def __init__(self, bundle: Bundle, parser: ConfigParser, model_key: str, network, labels: dict, description: str):
+    def __init__(self, bundle: Bundle, parser: ConfigParser, model_key: str, network, labels: dict, description: str,
+                 datastore_dir: Path):
         self.bundle, self.parser = bundle, parser
         super().__init__(
             path=bundle.model_file(parser, model_key), network=network, type=InferType.SEGMENTATION, labels=labels,
             dimension=2, description=description, config=dict(LABEL_OUTPUT),
         )
-        self.preprocessing = [SeriesImage(keys="image"), *parser.get_parsed_content("preprocessing").transforms]
+        self.preprocessing = [StudyImage("image", datastore_dir), *parser.get_parsed_content("preprocessing").transforms]
 
     def pre_transforms(self, data=None) -> list:
         return self.preprocessing
@@ -171,7 +188,7 @@ class _BundleInferTask(BasicInferTask):
     def run_pre_transforms(self, data: dict, transforms) -> dict:
         try:
             return super().run_pre_transforms(data, transforms)
-        except StudyReadError:
+        except (StudyReadError, StudyRefused):
             raise
         except Exception as err:  # readers and transforms raise many types; the study is the user's to fix
             raise StudyReadError(
@@ -186,11 +203,11 @@ class _BundleInferTask(BasicInferTask):
 class RegionTask(_BundleInferTask):
     """The bundle's segmenter: the clinical region (lesion, lungs) as label 1, as the bundle's inference finds it."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, datastore_dir: Path) -> None:
         parser = bundle.parser(INFERENCE_CONFIGS)
         super().__init__(
             bundle, parser, "segmenter_file", parser.get_parsed_content("segmenter_def"), {bundle.region: 1},
-            f"{bundle.name}: {bundle.region} segmentation (the bundle's segmenter)",
+            f"{bundle.name}: {bundle.region} segmentation (the bundle's segmenter)", datastore_dir,
         )
         self.threshold = float(parser.get_parsed_content("region_threshold"))
 
@@ -209,14 +226,14 @@ class SegXTask(_BundleInferTask):
     bundle's ``review_threshold``), and ``review`` when any is flagged.
     """
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, datastore_dir: Path) -> None:
         parser = bundle.parser(INFERENCE_CONFIGS)
         handlers = [h for h in parser["handlers"] if issubclass(handler_class(h), IN_MEMORY_HANDLERS)]
         parser.update({"handlers": handlers, "dataloader": "$[]"})  # the study comes in per request
         super().__init__(
             bundle, parser, "ckpt_file", None, {"segx": 1},
             f"{bundle.name}: classification with SegX map (explanation restricted to the {bundle.region}) and "
-            "SegU certainty with review flag",
+            "SegU certainty with review flag", datastore_dir,
         )
         self.evaluator = parser.get_parsed_content("evaluator")
         handlers = parser.get_parsed_content("handlers")
@@ -294,6 +311,12 @@ class SegmenterTrainTask(BundleTrainTask):
         return {**super().config(), "model_filename": [self.checkpoint.name]}
 
     def _fetch_datalist(self, request: dict, datastore) -> list[dict]:
+        """The labelled studies matching the bundle's pattern; refused when a labelled study's image or label lies
+        outside the datastore (a symlink to elsewhere)."""
+        folder = datastore_dir(datastore)
+        for study in datastore.get_labeled_images(DefaultLabelTag.FINAL):
+            inside_datastore(study, datastore.get_image_uri(study), folder)
+            inside_datastore(study, datastore.get_label_uri(study, DefaultLabelTag.FINAL), folder)
         items = [i for i in super()._fetch_datalist(request, datastore) if fnmatch.fnmatch(Path(i["image"]).name, self.bundle.train_studies)]
         if len(items) < 2:
             raise ValueError(
@@ -308,10 +331,19 @@ class SegmenterTrainTask(BundleTrainTask):
         overrides.update(
             resume=False,  # a fresh run on the datastore's labels, never the resume state of the bundle's own run
             output_dir=str(self.bundle.root / "runs" / "monailabel_segmenter"),
-            label_threshold=DATASTORE_LABEL_THRESHOLD,
+            # the checkpoint records that it was trained on no saved split, so the bundle's evaluation refuses it
+            split_record="$segx_monai.data.fingerprint.SplitRecord(None, 'the labels of the MONAI Label datastore')",
         )
         return overrides
 
     def __call__(self, request: dict, datastore):
-        return super().__call__({"model_filename": self.checkpoint.name, **request}, datastore)
+        """Train in one process (MONAI Label's multi-GPU run ignores its workers' exit status, so a failed training
+        would be reported done), starting from a checkpoint of the bundle's ``models`` folder."""
+        request = {"model_filename": self.checkpoint.name, **request, "multi_gpu": False}
+        if request.get("force_multi_gpu"):
+            raise ValueError(f"{self.bundle.name}: force_multi_gpu: this task trains in one process only")
+        name = request["model_filename"] if isinstance(request["model_filename"], str) else request["model_filename"][0]
+        if Path(name).name != name or name in ("", ".."):
+            raise ValueError(f"{self.bundle.name}: model_filename {name!r}: expected a file name in {self.bundle.root / 'models'}")
+        return super().__call__(request, datastore)
 

@@ -14,7 +14,7 @@ COMMANDS = {
     "search": ("segx_monai.search.cli", "hyper-parameter search of a bundle train config on the validation fold"),
     "check": ("segx_monai.bundle.conformance", "check bundle folders against the MONAI Model Zoo's requirements"),
     "pack": ("segx_monai.bundle.archive:pack_main", "pack a trained bundle into a zip with the sha256 of every file"),
-    "unpack": ("segx_monai.bundle.archive:unpack_main", "unpack a bundle archive into an empty folder, checking every file"),
+    "unpack": ("segx_monai.bundle.archive:unpack_main", "unpack a bundle archive, checking every file (its configs run as code: trust the source)"),
     "verify": ("segx_monai.bundle.archive:verify_main", "check an archive or unpacked bundle against its sha256 manifest"),
 }
 
@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines = "\n".join(f"  {name:16s} {help_}" for name, (_, help_) in COMMANDS.items())
         print(f"usage: segx-monai <command> [--help]\n\ncommands:\n{lines}")
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    from segx_monai.bundle.errors import install_excepthook
+
+    install_excepthook()  # an error ends with one line naming its cause, as a failed bundle run does
     module, _, function = COMMANDS[argv[0]][0].partition(":")
     getattr(import_module(module), function or "main")(argv[1:])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from segx_monai.data.synthetic_derm import generate_ham_like
 
@@ -42,6 +42,13 @@ def bundle_workflow(configs_dir: Path, tiny: dict, bundle_root: Path, dataset_di
         dataset_dir=str(dataset_dir),
         **{**tiny, **overrides},
     )
+
+
+def cli_settings(configs_dir: Path, configs: list[str], settings: dict) -> dict:
+    """The ``settings`` that ``configs`` define (``python -m monai.bundle run`` refuses an override of no config key)."""
+    parser = ConfigParser()
+    parser.read_config([str(configs_dir / c) for c in configs])
+    return {key: value for key, value in settings.items() if key in parser}
 
 
 def ham_workflow(*args, **overrides) -> ConfigWorkflow:

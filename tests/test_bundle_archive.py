@@ -4,6 +4,7 @@ as a user would, giving the source bundle's outputs; an archive whose files do n
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from ignite.engine import Engine
 from monai.bundle import download
 from monai.handlers import CheckpointLoader
 
-from conftest import CHEST_TINY, REPO, TINY, chest_workflow, ham_workflow, run_workflow
+from conftest import CHEST_TINY, REPO, TINY, chest_workflow, cli_settings, ham_workflow, run_workflow
 from segx_monai.bundle import ArchiveError, pack, unpack, verify
 from segx_monai.bundle.conformance import LARGE_FILE_BYTES, sha256_file
 from segx_monai.cli import main as cli
@@ -50,7 +51,7 @@ def bundle_run(bundle_root: Path, run_id: str, configs: list[str], settings: dic
     """``python -m monai.bundle run`` in ``bundle_root`` with ``--bundle_root .``, as the bundle's docs say; the same
     thread count as the tests' own process, so that the floating-point results can be compared exactly."""
     args = ["--config_file", str([f"configs/{c}" for c in configs]), "--bundle_root", "."]
-    args += [a for key, value in settings.items() for a in (f"--{key}", str(value))]
+    args += [a for key, value in cli_settings(bundle_root / "configs", configs, settings).items() for a in (f"--{key}", str(value))]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", run_id, *args], cwd=bundle_root, env=env,
                             capture_output=True, text=True, timeout=600)
@@ -215,3 +216,44 @@ def test_cli_pack_verify_unpack(ham_source, tmp_path, capsys):
     assert f"ham_segx v{version}, " in capsys.readouterr().out
     cli(["unpack", str(tmp_path / "ham.zip"), str(tmp_path / "unpacked"), "--sha256", printed.split()[-1]])
     assert (tmp_path / "unpacked" / "configs" / "inference.yaml").is_file()
+
+
+def hand_made_archive(path: Path, files: dict[str, bytes], large_files: list[dict]) -> Path:
+    """An archive of the bundle ``tiny`` holding ``files`` and a ``large_files.yml`` of ``large_files``, each of them
+    in its manifest: what a packer other than ``pack`` could publish."""
+    files = {**files, "large_files.yml": yaml.safe_dump({"large_files": large_files}).encode()}
+    manifest = {"bundle": "tiny", "version": "0.0.1", "sha256": {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}}
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, data in {**files, "manifest.json": json.dumps(manifest).encode()}.items():
+            zf.writestr(f"tiny/{rel}", data)
+    return path
+
+
+def test_unpack_without_sha256_warns_that_configs_run_as_code(tmp_path, caplog):
+    """Without --sha256 the manifest only shows the files are intact: unpack says so in one warning line."""
+    archive = hand_made_archive(tmp_path / "tiny.zip", {"configs/inference.yaml": b"x: $print('runs')\n"}, [])
+    with caplog.at_level("WARNING", logger="segx_monai.bundle.archive"):
+        unpack(archive, tmp_path / "checked", sha256=sha256_file(archive))
+    assert caplog.records == []
+    result = subprocess.run([sys.executable, "-m", "segx_monai.cli", "unpack", str(archive), str(tmp_path / "unchecked")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "--sha256" in line]
+    assert len(warnings) == 1 and str(archive) in warnings[0] and "run as Python code" in warnings[0], result.stderr
+    assert (tmp_path / "unchecked" / "configs" / "inference.yaml").is_file()
+
+
+def test_large_files_entry_without_a_manifest_hash_is_refused(tmp_path):
+    """A large_files.yml entry that the manifest does not list would be fetched unchecked: unpack and verify refuse it
+    by name, and nothing is fetched or written."""
+    published = tmp_path / "published"
+    (published / "models").mkdir(parents=True)
+    (published / "models" / "extra.pt").write_bytes(b"anything")
+    entries = [{"path": "models/extra.pt", "url": (published / "models" / "extra.pt").as_uri(), "hash_val": "", "hash_type": "sha256"}]
+    archive = hand_made_archive(tmp_path / "tiny.zip", {"configs/inference.yaml": b"x: 1\n"}, entries)
+    dest = tmp_path / "bundles" / "dest"
+    with pytest.raises(ArchiveError, match=r"large_files.yml lists \['models/extra.pt'\], which have no sha256 in manifest.json"):
+        unpack(archive, dest, sha256=sha256_file(archive))
+    assert not dest.exists() and sorted(p.name for p in dest.parent.iterdir()) == []
+    with pytest.raises(ArchiveError, match="models/extra.pt: in large_files.yml but without a sha256 in manifest.json"):
+        verify(archive)

@@ -21,7 +21,7 @@ def test_classifier_saves_validation_thresholds_for_every_finding(trained_chest_
     saved = json.loads((trained_chest_bundle / "models" / "thresholds.json").read_text())
     assert list(saved["thresholds"]) == list(CHESTX_DET10_FINDINGS)
     assert all(0 <= t <= 1 for t in saved["thresholds"].values())
-    state = torch.load(trained_chest_bundle / "models" / "classifier.pt", map_location="cpu", weights_only=True)
+    state = torch.load(trained_chest_bundle / "models" / "classifier.pt", map_location="cpu", weights_only=True)["model"]
     assert state["class_layers.out.weight"].shape == (10, 1024) and state["features.conv0.weight"].shape[1] == 1
 
 

@@ -128,7 +128,7 @@ def test_torchscript_export_of_every_network(bundle, network, request, tmp_path)
     parser = ConfigParser()
     parser.read_config(str(configs / config))
     network_def = parser.get_parsed_content("network_def")
-    network_def.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True))
+    network_def.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True)["model"])
     image_format = metadata(bundle)[format_key]["inputs"]["image"]
     x = torch.rand(2, image_format["num_channels"], *image_format["spatial_shape"])
     with torch.no_grad():

@@ -24,8 +24,8 @@ from segx_monai.networks.classifiers import build_classifier, load_pretrained
 
 def test_training_writes_weights_that_load_safely(trained_ham_bundle):
     for name in ("classifier", "segmenter"):
-        state = torch.load(trained_ham_bundle / "models" / f"{name}.pt", map_location="cpu", weights_only=True)
-        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        saved = torch.load(trained_ham_bundle / "models" / f"{name}.pt", map_location="cpu", weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in saved["model"].values()) and len(saved["split"]["fingerprint"]) == 64
         assert latest_epoch_checkpoint(trained_ham_bundle / "runs" / name / "checkpoints").name == "resume_checkpoint_1.pt"
 
 

@@ -22,6 +22,7 @@ from segx_monai.data.chestx_det import (
     read_chestx_det_json,
 )
 from segx_monai.data.datalist import DatasetError, load_fold, segmentation_items
+from segx_monai.data.fingerprint import StaleSplitError
 from segx_monai.data.readers import mask_reader
 from segx_monai.io import write_dicom_variant
 
@@ -142,7 +143,7 @@ def test_finding_masks_union_of_instances_polygons_first():
 
 def test_finding_masksd_uses_numpy_order_and_the_image_size(tmp_path):
     """A 6-row, 10-column image: x is the column, y the row."""
-    image = _write_png(tmp_path / "1.png", rows=6, cols=10)
+    image = _write_png(tmp_path / "1.png", rows=6, cols=10, value=255)
     item = {"image": str(image), "image_id": "1", "findings": ["Calcification"], "boxes": [[7, 1, 9, 2]]}
     load = Compose([LoadImaged("image", reader=mask_reader(), image_only=True), EnsureChannelFirstd("image")])
     out = FindingMasksd("image")(load(item))
@@ -233,7 +234,10 @@ def test_existing_datalist_is_never_redrawn(tmp_path):
     root = _dataset(tmp_path / "data")
     datalist = prepare_chestx_datalist(root, tmp_path / "split.json", seed=0)
     before = datalist.read_text()
-    assert prepare_chestx_datalist(root, datalist, seed=5, val_fraction=0.5).read_text() == before
+    assert prepare_chestx_datalist(root, datalist, seed=0).read_text() == before
+    with pytest.raises(StaleSplitError, match="split_seed 0 -> 5, val_fraction 0.1 -> 0.5"):
+        prepare_chestx_datalist(root, datalist, seed=5, val_fraction=0.5)
+    assert datalist.read_text() == before
 
 
 def test_images_anywhere_and_dicom_in_place_of_png(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
-from conftest import CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, TINY, chest_workflow, ham_workflow, run_workflow
+from conftest import CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, TINY, chest_workflow, cli_settings, ham_workflow, run_workflow
 
 # bundle -> (configs folder, tiny settings, data fixture, one-process workflow builder)
 BUNDLES = {"ham": (HAM_CONFIGS, TINY, "ham_dir", ham_workflow), "chest": (CHEST_CONFIGS, CHEST_TINY, "chest_dir", chest_workflow)}
@@ -26,7 +26,7 @@ def torchrun(configs_dir: Path, configs: list[str], run_id: str, **overrides) ->
     """Run a bundle workflow in 2 processes with ``torchrun --standalone``; its output (the test fails if it fails).
 
     Each rank uses as many threads as this process, so that its float arithmetic is that of a one-process run."""
-    args = [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
+    args = [arg for key, value in cli_settings(configs_dir, configs, overrides).items() for arg in (f"--{key}", str(value))]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", run_id,
         "--config_file", repr([str(configs_dir / c) for c in configs]), *args,
@@ -41,7 +41,7 @@ def validation_metrics(configs_dir: Path, bundle_root: Path, dataset_dir: Path, 
     parser = ConfigParser()
     parser.read_config(str(configs_dir / "train_classifier.yaml"))
     parser.update({**tiny, "bundle_root": str(bundle_root), "dataset_dir": str(dataset_dir), "validate#handlers": []})
-    parser.get_parsed_content("network").load_state_dict(torch.load(bundle_root / "models" / "classifier.pt", weights_only=True))
+    parser.get_parsed_content("network").load_state_dict(torch.load(bundle_root / "models" / "classifier.pt", weights_only=True)["model"])
     evaluator = parser.get_parsed_content("validate#evaluator")
     outputs = []
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.extend(e.state.output))

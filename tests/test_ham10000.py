@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from segx_monai.data.datalist import DatasetError, datalist_path, load_fold
+from segx_monai.data.fingerprint import StaleSplitError
 from segx_monai.data.ham10000 import HAM_CLASSES, index_ham10000, prepare_ham_datalist
 from segx_monai.data.splits import split_by_group
 
@@ -103,7 +104,9 @@ def test_datalist_is_written_once_and_never_redrawn(tmp_path, ham_dir):
     path = datalist_path(tmp_path, ham_dir)
     prepare_ham_datalist(ham_dir, path, seed=0)
     first = path.read_text()
-    prepare_ham_datalist(ham_dir, path, seed=99)  # an existing split is kept, whatever the arguments
+    prepare_ham_datalist(ham_dir, path, seed=0)
+    with pytest.raises(StaleSplitError, match="split_seed 0 -> 99"):  # an existing split is never redrawn
+        prepare_ham_datalist(ham_dir, path, seed=99)
     assert path.read_text() == first
     content = json.loads(first)
     lesions = {fold: {i["lesion_id"] for i in content[fold]} for fold in ("training", "validation", "test")}

@@ -59,7 +59,9 @@ def served(tmp_path_factory, trained_ham_bundle, trained_chest_bundle, ham_dir, 
     no_pixels = pydicom.dcmread(studies / dicom)
     del no_pixels.PixelData
     no_pixels.save_as(studies / "bad_nopixels.dcm")
-    return {"roots": roots, "datasets": datasets, "studies": studies, "manifest": manifest}
+    outside = next(p for p in sorted(chest_dir.rglob("*.png")) if not p.is_relative_to(studies))  # an image the server can read
+    (studies / "bad_link.png").symlink_to(outside)
+    return {"roots": roots, "datasets": datasets, "studies": studies, "manifest": manifest, "outside": outside}
 
 
 @pytest.fixture(scope="module")
@@ -195,15 +197,39 @@ def test_bad_input_is_a_clear_http_error_and_the_server_keeps_serving(server, se
     assert infer(server, "chestx_segx_segmenter", Path(study_of(served, "chestx_segx", ".png")).stem)[0] == 200
 
 
-def test_train_writes_a_new_segmenter_checkpoint_from_the_datastore_labels(server, served):
-    checkpoint = served["roots"]["ham_segx"] / "models" / "segmenter.pt"
-    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    status, task = server.json("/train/ham_segx_segmenter", "POST", {"max_epochs": 1, "val_split": 0.34})
+def test_studies_outside_the_datastore_are_refused(server, served):
+    """A study given as a server path, or a datastore file that links outside it, is refused (403) by name: MONAI
+    Label alone processes any image the server can read."""
+    outside = served["outside"]
+    for study, why in [(str(outside), "is an absolute path"), (f"../{outside.parent.name}/{outside.stem}", "'..' component"),
+                       ("bad_link", f"({outside}) lies outside the datastore")]:
+        for model in ("ham_segx_segmenter", "chestx_segx_segx"):
+            got, detail, label = infer(server, model, study)
+            assert got == 403 and label is None and repr(study) in detail and why in detail, (study, got, detail)
+
+
+def train(server, params: dict) -> dict:
+    """The status of the training ``params`` of ``ham_segx_segmenter``, once it has ended."""
+    status, task = server.json("/train/ham_segx_segmenter", "POST", params)
     assert status == 200 and task["status"] in ("SUBMITTED", "RUNNING"), task
     deadline = time.monotonic() + TRAIN_TIMEOUT
     while (task := server.json("/train/")[1])["status"] in ("SUBMITTED", "RUNNING"):
         assert time.monotonic() < deadline, f"training still running after {TRAIN_TIMEOUT} s:\n{server.tail()}"
         time.sleep(3)
+    return task
+
+
+def test_a_failed_training_ends_in_error(server):
+    """MONAI Label's multi-GPU training ignores its workers' exit status (and does nothing without a multi-GPU config
+    under the bundle root), so it reported DONE; the task trains in one process and a refused request is an ERROR."""
+    task = train(server, {"max_epochs": 1, "force_multi_gpu": True})
+    assert task["status"] == "ERROR" and "force_multi_gpu: this task trains in one process only" in task["details"][-1], task
+
+
+def test_train_writes_a_new_segmenter_checkpoint_from_the_datastore_labels(server, served):
+    checkpoint = served["roots"]["ham_segx"] / "models" / "segmenter.pt"
+    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    task = train(server, {"max_epochs": 1, "val_split": 0.34})
     assert task["status"] == "DONE", "\n".join(task.get("details", [])) or server.tail()
     assert "Total Records for Training: 2" in server.log.read_text()  # the 3 labelled dermoscopy studies, 1 for validation
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() != before

@@ -5,6 +5,10 @@ An archive is a zip in the Model Zoo's release layout (``<bundle>/configs``, ``d
 bundle, and its ``download`` checks one hash of the whole zip only, so packing and the per-file manifest are written
 here; files over 25 MB are listed in ``large_files.yml`` with their sha256 in the zoo's format, and those left out of
 the archive are fetched and checked by MONAI's own ``download_large_files``.
+
+Trust: a bundle's configs are Python (``$`` expressions run when a workflow is built), so running an unpacked bundle
+runs its author's code. The manifest shows that the files are intact, not who made them; only the archive's sha256,
+published by its author and given to ``unpack``, ties it to them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -32,6 +37,8 @@ MANIFEST = "manifest.json"
 LARGE_FILES = "large_files.yml"
 REQUIRED_WEIGHTS = ("models/classifier.pt", "models/segmenter.pt")  # what inference and interpretation load
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: packing the same files twice gives the same archive
+
+logger = logging.getLogger(__name__)
 
 
 class ArchiveError(ValueError):
@@ -152,6 +159,9 @@ def unpack(archive: str | Path, dest: str | Path, sha256: str | None = None) -> 
     own sha256 (if given) and every file against the manifest; large files left out are fetched by MONAI's
     ``download_large_files`` and checked too. Nothing is left in ``dest`` when a check fails."""
     archive, dest = Path(archive), Path(dest)
+    if not sha256:
+        logger.warning("%s: no --sha256 given, so who made it is unchecked; its configs run as Python code when the "
+                       "bundle runs: use only archives you trust, with the sha256 their author published.", archive)
     if sha256 and (actual := sha256_file(archive)) != sha256.lower():
         raise ArchiveError(f"{archive}: sha256 {actual} is not the expected {sha256}; refused.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -168,7 +178,7 @@ def unpack(archive: str | Path, dest: str | Path, sha256: str | None = None) -> 
         problems = mismatches(staging, {rel: h for rel, h in manifest["sha256"].items() if rel in members})
         if problems:
             raise ArchiveError(f"{archive}: refused, files differ from {MANIFEST}:\n" + "\n".join(problems))
-        fetch_large_files(staging, archive)
+        fetch_large_files(staging, archive, manifest["sha256"])
         problems = mismatches(staging, {rel: h for rel, h in manifest["sha256"].items() if rel not in members})
         if problems:
             raise ArchiveError(f"{archive}: refused after fetching the large files:\n" + "\n".join(problems))
@@ -180,10 +190,19 @@ def unpack(archive: str | Path, dest: str | Path, sha256: str | None = None) -> 
     return dest
 
 
-def fetch_large_files(bundle_dir: Path, archive: Path) -> None:
+def unlisted_large_files(entries: list[dict], hashes: dict[str, str]) -> list[str]:
+    """The ``large_files.yml`` entries without a sha256 in the manifest: a file fetched for one could be anything."""
+    return [e.get("path") for e in entries if not isinstance(e, dict) or e.get("path") not in hashes]
+
+
+def fetch_large_files(bundle_dir: Path, archive: Path, hashes: dict[str, str]) -> None:
     """Fetch the ``large_files.yml`` entries missing from an unpacked bundle with MONAI's ``download_large_files``
-    (which checks each file's hash); an entry without a url must have been in the archive."""
+    (which checks each file's hash); an entry without a url must have been in the archive, and every entry needs its
+    sha256 in the manifest (``hashes``)."""
     entries = large_file_entries(bundle_dir)
+    unlisted = unlisted_large_files(entries, hashes)
+    if unlisted:
+        raise ArchiveError(f"{archive}: {LARGE_FILES} lists {unlisted}, which have no sha256 in {MANIFEST}; refused.")
     absent = [e["path"] for e in entries if not (bundle_dir / e["path"]).is_file() and not e.get("url")]
     if absent:
         raise ArchiveError(f"{archive}: {absent} are neither in the archive nor given a url in {LARGE_FILES}.")
@@ -215,6 +234,7 @@ def verify(path: str | Path) -> dict:
                             problems.append(f"{rel}: sha256 {actual} does not match the recorded {expected}.")
             entries = parse_large_files(zf.read(members[LARGE_FILES]).decode(), f"{path}:{LARGE_FILES}") if LARGE_FILES in members else []
             with_url = {e["path"] for e in entries if e.get("url")}
+            problems += [f"{rel}: in {LARGE_FILES} but without a sha256 in {MANIFEST}." for rel in unlisted_large_files(entries, manifest["sha256"])]
             problems += [f"{rel}: missing, and no url in {LARGE_FILES}." for rel in manifest["sha256"] if rel not in members and rel not in with_url]
     if problems:
         raise ArchiveError(f"{path}: files differ from {MANIFEST}:\n" + "\n".join(problems))
@@ -247,7 +267,11 @@ def pack_main(argv: Sequence[str] | None = None) -> None:
 
 def unpack_main(argv: Sequence[str] | None = None) -> None:
     """``segx-monai unpack <archive> <folder> [--sha256 HEX]``."""
-    parser = argparse.ArgumentParser(prog="segx-monai unpack", description="Unpack a bundle archive into a new or empty folder, checking every file.")
+    parser = argparse.ArgumentParser(
+        prog="segx-monai unpack", description="Unpack a bundle archive into a new or empty folder, checking every file.",
+        epilog="A bundle's configs are Python ($ expressions): running an unpacked bundle runs its author's code. Unpack "
+               "only archives from a source you trust, with the sha256 its author published (without --sha256 the "
+               "manifest shows the files are intact, not who made them).")
     parser.add_argument("archive")
     parser.add_argument("folder", help="new or empty folder, the bundle root (run the bundle there with --bundle_root .)")
     parser.add_argument("--sha256", help="expected sha256 of the archive itself, as printed by pack")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,9 @@ import pydicom
 from monai.transforms import MapTransform
 from PIL import Image, ImageDraw
 
-from segx_monai.data.datalist import DatasetError, find_files, write_datalist_once
+from segx_monai.data.datalist import DatasetError, find_files, walk_files, write_datalist_once
+from segx_monai.data.fingerprint import attach_masks, check_saved_split, make_fingerprint
+from segx_monai.data.readers import original_size
 from segx_monai.data.splits import split_by_group
 from segx_monai.io.dicom import DICOM_SUFFIXES, is_dicom
 
@@ -41,6 +42,7 @@ CHESTX_DET_FINDINGS = (
 ANNOTATION_FILES = {"train": "train.json", "test": "test.json"}  # ChestX-Det10; ChestX-Det's are ChestX_Det_<fold>.json
 LUNG_MASK_FOLDER = "masks"
 NO_FINDING = "No Finding"
+INDEXER_VERSION = 1  # raise when indexing or splitting changes so that the same data would give another split
 
 
 def _load_entries(path: Path) -> list:
@@ -82,6 +84,8 @@ def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
             raise DatasetError(f"{where}: box {box!r}; expected four numbers [x1, y1, x2, y2].")
         if box[2] < box[0] or box[3] < box[1]:
             raise DatasetError(f"{where}: box {box!r} has x2 < x1 or y2 < y1; expected [left, top, right, bottom].")
+        if min(box) < 0:
+            raise DatasetError(f"{where}: box {box!r} has a negative coordinate; expected pixel indices of the image, from 0.")
     checked = {"file_name": entry["file_name"], "syms": syms, "boxes": boxes}
     if "polygons" in entry:
         polygons = entry["polygons"]
@@ -93,6 +97,8 @@ def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
             )
             if not points_ok:
                 raise DatasetError(f"{where}: polygon {str(polygon)[:80]}; expected a list of [x, y] number pairs.")
+            if any(min(point) < 0 for point in polygon):
+                raise DatasetError(f"{where}: polygon {str(polygon)[:80]} has a negative coordinate; expected pixel indices of the image, from 0.")
         checked["polygons"] = polygons
     return checked
 
@@ -166,7 +172,7 @@ def finding_masks(
 class FindingMasksd(MapTransform):
     """Add ``(K, rows, cols)`` uint8 finding masks to a ChestX-Det datalist item, drawn at the size of its image.
 
-    ``keys`` names the loaded image (2D, or channel-first 3D) whose size the masks take; apply this before any
+    ``keys`` names the loaded image (2D, or channel-first 3D) whose size in its file the masks take; apply this before any
     spatial transform (the annotation is in pixels of the image as released), then apply those to both keys.
     """
 
@@ -192,7 +198,7 @@ class FindingMasksd(MapTransform):
                     f"{key!r} of {d.get('image_id')!r} went through {applied}; apply FindingMasksd before spatial "
                     "transforms (resizing, cropping), since boxes and polygons are in pixels of the image as loaded."
                 )
-            shape = tuple(image.shape[-2:] if image.ndim == 3 else image.shape)
+            shape = tuple(original_size(image).tolist())  # the file's size, also when it was decoded reduced
             d[self.name] = finding_masks(d, shape, self.findings)
         return d
 
@@ -213,15 +219,14 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _files_by_name(root: Path, excluded: Path | None) -> dict[str, list[Path]]:
-    """Every file below ``root`` by lower-cased file name, skipping ``excluded`` (lung masks share the images' names).
+    """Every file below ``root`` (symlinked folders included) by lower-cased file name, skipping ``excluded`` (lung
+    masks share the images' names).
 
     Several paths per name are kept, and an error only for names actually looked up (see :func:`_find_image`).
     """
     found: dict[str, list[Path]] = defaultdict(list)
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(s for s in subfolders if excluded is None or (Path(folder) / s).resolve() != excluded)
-        for name in sorted(names):
-            found[name.lower()].append(Path(folder) / name)
+    for path in walk_files(root, excluded):
+        found[path.name.lower()].append(path)
     return found
 
 
@@ -341,15 +346,30 @@ def prepare_chestx_datalist(
     the test fold; validation is drawn from train with ``seed``, one image per group (the release renamed the images,
     so patients are unknown), stratified by the first finding in ``findings`` order or no finding. A bad entry raises
     a :class:`DatasetError` naming it, unless ``skip_bad``: then it is logged and recorded in the datalist's meta.
-    An existing datalist is kept as it is (the split is never redrawn); delete it to re-index on purpose.
+    An existing datalist is never redrawn: it is used only while its fingerprint (settings, annotation files, image
+    list) matches the data and settings now, else a :class:`~segx_monai.data.fingerprint.StaleSplitError` says what
+    changed; lung masks are refreshed in it (added or removed) without moving any image between folds.
     """
-    if Path(datalist_file).exists():
-        return Path(datalist_file)
     root = Path(dataset_dir)
     if not root.is_dir():
         raise DatasetError(f"dataset_dir {root} does not exist or is not a folder.")
     given = {"train": train_json, "test": test_json}
     annotation_files = {fold: _annotation_file(root, fold, given[fold]) for fold in ANNOTATION_FILES}
+    mask_dir = Path(lung_mask_dir) if lung_mask_dir is not None else root / LUNG_MASK_FOLDER
+    if lung_mask_dir is not None and not mask_dir.is_dir():
+        raise DatasetError(f"lung_mask_dir {mask_dir} does not exist or is not a folder.")
+    masks = find_files(mask_dir, (".png",)) if mask_dir.is_dir() else {}
+    files = _files_by_name(root, mask_dir.resolve() if mask_dir.is_dir() else None)
+    images = [_relative(p, root) for paths in files.values() for p in paths if p.suffix.lower() == ".png" or is_dicom(p)]
+    settings = {"indexer": f"chestx_det/{INDEXER_VERSION}", "split_seed": seed, "val_fraction": val_fraction, "findings": list(findings)}
+    current = make_fingerprint(root, settings, list(annotation_files.values()), images)
+    if Path(datalist_file).exists():
+        check_saved_split(datalist_file, current, root)
+        relative_masks = {image_id: _relative(path, root) for image_id, path in masks.items()}
+        attach_masks(datalist_file, relative_masks, "lung_mask",
+                     check=lambda item, mask: _check_sizes(f"{mask} (new lung mask)", {"boxes": []}, root / item["image"], root / mask))
+        return Path(datalist_file)
+
     entries = {fold: read_chestx_det_json(path, findings) for fold, path in annotation_files.items()}
     leaked = sorted({e["file_name"] for e in entries["train"]} & {e["file_name"] for e in entries["test"]})
     if leaked:
@@ -357,12 +377,6 @@ def prepare_chestx_datalist(
             f"{annotation_files['train']} and {annotation_files['test']} both list {leaked[:5]}; "
             "expected disjoint train and test images."
         )
-
-    mask_dir = Path(lung_mask_dir) if lung_mask_dir is not None else root / LUNG_MASK_FOLDER
-    if lung_mask_dir is not None and not mask_dir.is_dir():
-        raise DatasetError(f"lung_mask_dir {mask_dir} does not exist or is not a folder.")
-    masks = find_files(mask_dir, (".png",)) if mask_dir.is_dir() else {}
-    files = _files_by_name(root, mask_dir.resolve() if mask_dir.is_dir() else None)
 
     items, skipped = {}, []
     for fold, path in annotation_files.items():
@@ -373,7 +387,7 @@ def prepare_chestx_datalist(
     strata = [next((f for f in findings if f in i["findings"]), NO_FINDING) for i in items["train"]]
     train_folds = split_by_group([i["image_id"] for i in items["train"]], strata, val_fraction, 0.0, seed)
     has_polygons = any("polygons" in e for e in entries["train"])
-    return write_datalist_once(
+    path = write_datalist_once(
         datalist_file,
         items["train"] + items["test"],
         train_folds + ["test"] * len(items["test"]),
@@ -389,5 +403,8 @@ def prepare_chestx_datalist(
             "seed": seed,
             "val_fraction": val_fraction,
             "skipped": skipped,
+            "fingerprint": current,
         },
     )
+    check_saved_split(path, current, root)  # another process may have written its split first
+    return path

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -18,24 +18,38 @@ class DatasetError(ValueError):
     """A data set file, row or folder that is not what the indexer expects; the message names it."""
 
 
+def walk_files(root: str | Path, excluded: Path | None = None) -> Iterator[Path]:
+    """Every file below ``root`` in sorted order, following symlinked folders (data sets are often linked in), each
+    real folder once so that a link loop ends; the folder ``excluded`` (a resolved path) and what is below it are left out."""
+    seen = {Path(root).resolve()}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        kept = []
+        for sub in sorted(subfolders):
+            real = (Path(folder) / sub).resolve()
+            if real not in seen and real != excluded:
+                seen.add(real)
+                kept.append(sub)
+        subfolders[:] = kept
+        yield from (Path(folder) / name for name in sorted(names))
+
+
 def find_files(root: Path, suffixes: Sequence[str], by_name: bool = False) -> dict[str, Path]:
-    """Files below ``root`` ending in one of ``suffixes``, keyed by file name (``by_name``) or by name minus the suffix.
+    """Files below ``root`` (symlinked folders included) ending in one of ``suffixes``, keyed by file name
+    (``by_name``) or by name minus the suffix.
 
     The same key found in two folders is an error: a file copied twice would otherwise be indexed at random.
     """
     found: dict[str, Path] = {}
     lowered = tuple(s.lower() for s in suffixes)
-    for folder, _, names in os.walk(root):
-        for name in names:
-            low = name.lower()
-            suffix = next((s for s in lowered if low.endswith(s)), None)
-            if suffix is None:
-                continue
-            key = name if by_name else name[: -len(suffix)]
-            path = Path(folder) / name
-            if key in found:
-                raise DatasetError(f"{key!r} found twice: {found[key]} and {path}; expected each file once below {root}.")
-            found[key] = path
+    for path in walk_files(root):
+        name = path.name
+        suffix = next((s for s in lowered if name.lower().endswith(s)), None)
+        if suffix is None:
+            continue
+        key = name if by_name else name[: -len(suffix)]
+        if key in found:
+            raise DatasetError(f"{key!r} found twice: {found[key]} and {path}; expected each file once below {root}.")
+        found[key] = path
     return found
 
 
@@ -92,10 +106,11 @@ def segmentation_items(items: Sequence[dict], mask_key: str = "mask") -> list[di
 
 
 def image_items(inputs: str | Path | Sequence[str | Path], suffixes: Sequence[str] = (".jpg", ".jpeg", ".png", ".dcm")) -> list[dict]:
-    """``{"image", "image_id", "image_path"}`` items for inference from a folder (searched recursively) or a list of
-    image files; ``image_path`` survives loading, for writers that go back to the source file (DICOM UIDs)."""
+    """``{"image", "image_id", "image_path"}`` items for inference from a folder (searched recursively, following
+    symlinked folders) or a list of image files; ``image_path`` survives loading, for writers that go back to the
+    source file (DICOM UIDs)."""
     if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
-        paths = sorted(p for p in Path(inputs).rglob("*") if p.is_file() and (p.suffix.lower() in suffixes or (not p.suffix and is_dicom(p))))
+        paths = sorted(p for p in walk_files(inputs) if p.is_file() and (p.suffix.lower() in suffixes or (not p.suffix and is_dicom(p))))
         if not paths:
             raise DatasetError(f"{inputs}: no images ({'/'.join(suffixes)}) found in it or its sub-folders.")
     else:

@@ -7,12 +7,14 @@ workflow reads back, so that no image of a test lesion is ever trained on (see t
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
 from PIL import Image
 
 from segx_monai.data.datalist import DatasetError, find_files, write_datalist_once
+from segx_monai.data.fingerprint import attach_masks, check_saved_split, make_fingerprint
 from segx_monai.data.splits import split_by_group
 
 logger = logging.getLogger(__name__)
@@ -22,27 +24,62 @@ METADATA_COLUMNS = ("lesion_id", "image_id", "dx")
 ISIC2018_COLUMNS = ("image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = "_segmentation.png"
+INDEXER_VERSION = 1  # raise when indexing or splitting changes so that the same data would give another split
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts, after checking that its header has the ``required`` columns."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {missing}; expected at least {list(required)}, found {reader.fieldnames}.")
-        return list(reader)
+    """Rows of a UTF-8 CSV file as dicts, after checking that its header has the ``required`` columns.
+
+    Another encoding is an error naming the line and byte, not a guess: ids must match file names exactly, and any
+    byte string decodes as Latin-1, so a fallback would also hide a damaged file.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8 ({e.reason}); expected a UTF-8 file "
+            f"(convert it, e.g. iconv -f latin1 -t utf-8 {Path(path).name})."
+        ) from e
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; expected at least {list(required)}, found {reader.fieldnames}.")
+    return list(reader)
+
+
+def _lines(rows: list[str], limit: int = 10) -> str:
+    """Row references ``file:line`` as "lines 2, 5, 9" (the first ``limit``)."""
+    numbers = [r.rsplit(":", 1)[1] for r in rows]
+    return f"line{'s' if len(numbers) > 1 else ''} {', '.join(numbers[:limit])}{f' ... ({len(numbers)} rows)' if len(numbers) > limit else ''}"
 
 
 def read_ham_metadata(path: Path) -> list[dict[str, str]]:
-    """``HAM10000_metadata.csv`` rows as ``{"image_id", "lesion_id", "dx", "row"}``, with dx checked against the 7 classes."""
+    """``HAM10000_metadata.csv`` rows as ``{"image_id", "lesion_id", "dx", "row"}``, with dx checked against the 7
+    classes and every lesion_id present (it groups the split)."""
     records = []
     for line, row in enumerate(_read_csv(path, METADATA_COLUMNS), start=2):
         dx = row["dx"].strip().lower()
         if dx not in HAM_CLASSES:
             raise DatasetError(f"{path}, line {line} (image_id {row['image_id']!r}): unknown dx {row['dx']!r}; expected one of {list(HAM_CLASSES)}.")
         records.append({"image_id": row["image_id"].strip(), "lesion_id": row["lesion_id"].strip(), "dx": dx, "row": f"{path.name}:{line}"})
+    empty = [r["row"] for r in records if not r["lesion_id"]]
+    if empty:
+        raise DatasetError(f"{path}, {_lines(empty)}: empty lesion_id; expected the lesion of every image (the split keeps a lesion's images together).")
     return records
+
+
+def _check_one_diagnosis(records: list[dict[str, str]]) -> None:
+    """Refuse a lesion_id whose images have different diagnoses, naming the rows of each: it cannot be stratified."""
+    by_lesion: dict[str, dict[str, list[str]]] = {}
+    for r in records:
+        by_lesion.setdefault(r["lesion_id"], {}).setdefault(r["dx"], []).append(r["row"])
+    for lesion, rows in by_lesion.items():
+        if len(rows) > 1:
+            files = sorted({row.rsplit(":", 1)[0] for dx_rows in rows.values() for row in dx_rows})
+            found = "; ".join(f"{dx} at {_lines(dx_rows)}" for dx, dx_rows in rows.items())
+            raise DatasetError(f"{', '.join(files)}: lesion_id {lesion!r} has {len(rows)} diagnoses ({found}); expected one diagnosis per lesion.")
 
 
 def read_isic2018_ground_truth(path: Path) -> list[dict[str, str]]:
@@ -79,6 +116,43 @@ def _check_image(image: Path, mask: Path | None) -> None:
             raise DatasetError(f"{mask}: mask is {mask_size[0]}x{mask_size[1]} but its image {image.name} is {size[0]}x{size[1]}; expected equal sizes.")
 
 
+def _metadata_file(root: Path, metadata_csv: str | Path | None) -> Path | None:
+    """The given metadata CSV, else the one ``HAM10000_metadata.csv`` below ``root`` (or None)."""
+    return Path(metadata_csv) if metadata_csv else next(iter(find_files(root, ("HAM10000_metadata.csv",), by_name=True).values()), None)
+
+
+def _masks_by_id(root: Path) -> dict[str, Path]:
+    """Lesion masks ``<image_id>_segmentation.png`` below ``root`` by image id."""
+    return {name[: -len(MASK_SUFFIX)]: p for name, p in find_files(root, (MASK_SUFFIX,), by_name=True).items()}
+
+
+def ham_fingerprint(
+    dataset_dir: str | Path, seed: int, val_fraction: float, test_fraction: float,
+    metadata_csv: str | Path | None = None, ground_truth_csv: str | Path | None = None,
+) -> dict:
+    """The fingerprint (:func:`~segx_monai.data.fingerprint.make_fingerprint`) of a split of ``dataset_dir``: the split
+    settings, the label CSV files and every image file below it (masks excluded)."""
+    root = Path(dataset_dir)
+    metadata = _metadata_file(root, metadata_csv)
+    images = [str(p.relative_to(root)) for p in find_files(root, IMAGE_SUFFIXES).values() if not p.name.lower().endswith(MASK_SUFFIX)]
+    settings = {"indexer": f"ham10000/{INDEXER_VERSION}", "split_seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    return make_fingerprint(root, settings, [p for p in (metadata, ground_truth_csv) if p], images)
+
+
+def _row_changes(metadata: Path | None, content: dict) -> list[str]:
+    """How the rows of ``metadata`` now differ from the items of a saved datalist ``content`` (lesion, diagnosis, rows
+    added or removed), with examples: what a changed metadata file means for the split."""
+    if metadata is None:
+        return []
+    saved = {i["image_id"]: (i["lesion_id"], i["dx"]) for fold in ("training", "validation", "test") for i in content.get(fold, [])}
+    skipped = {s["image_id"] for s in content.get("meta", {}).get("skipped", [])}
+    now = {r["image_id"]: (r["lesion_id"], r["dx"]) for r in read_ham_metadata(metadata)}
+    changed = [f"{k} (lesion_id, dx) {saved[k]} -> {now[k]}" for k in sorted(saved) if k in now and now[k] != saved[k]]
+    added = sorted(set(now) - set(saved) - skipped)
+    removed = sorted(set(saved) - set(now))
+    return [f"{len(rows)} row(s) {what}, e.g. {rows[0]}" for what, rows in (("changed", changed), ("added", added), ("removed", removed)) if rows]
+
+
 def index_ham10000(
     dataset_dir: str | Path,
     metadata_csv: str | Path | None = None,
@@ -99,7 +173,7 @@ def index_ham10000(
     root = Path(dataset_dir)
     if not root.is_dir():
         raise DatasetError(f"dataset_dir {root} does not exist or is not a folder.")
-    metadata = Path(metadata_csv) if metadata_csv else next(iter(find_files(root, ("HAM10000_metadata.csv",), by_name=True).values()), None)
+    metadata = _metadata_file(root, metadata_csv)
     if ground_truth_csv:
         records = read_isic2018_ground_truth(Path(ground_truth_csv))
         lesions = {r["image_id"]: r["lesion_id"] for r in read_ham_metadata(metadata)} if metadata else {}
@@ -113,10 +187,11 @@ def index_ham10000(
         raise DatasetError(f"{root}: no HAM10000_metadata.csv found in it or its sub-folders, and no ground_truth_csv given.")
     if not records:
         raise DatasetError(f"{metadata or ground_truth_csv}: no rows; expected one row per image.")
+    _check_one_diagnosis(records)
     images = find_files(root, IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"{root}: no images ({'/'.join(IMAGE_SUFFIXES)}) found in it or its sub-folders.")
-    masks = {name[: -len(MASK_SUFFIX)]: p for name, p in find_files(root, (MASK_SUFFIX,), by_name=True).items()}
+    masks = _masks_by_id(root)
 
     kept, skipped, seen = [], [], set()
     for r in records:
@@ -157,17 +232,28 @@ def prepare_ham_datalist(
 ) -> Path:
     """Index ``dataset_dir`` and write its lesion-grouped, diagnosis-stratified split to ``datalist_file`` once.
 
-    An existing datalist is kept as it is (the split is never redrawn); delete it to re-index on purpose.
+    An existing datalist is never redrawn: it is used only while its fingerprint (settings, metadata, image list)
+    matches the data and settings now, else a :class:`~segx_monai.data.fingerprint.StaleSplitError` says what
+    changed; masks are refreshed in it (added or removed) without moving any image between folds.
     """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise DatasetError(f"dataset_dir {root} does not exist or is not a folder.")
+    current = ham_fingerprint(root, seed, val_fraction, test_fraction, index_kwargs.get("metadata_csv"), index_kwargs.get("ground_truth_csv"))
     if Path(datalist_file).exists():
+        check_saved_split(datalist_file, current, root, explain=lambda content: _row_changes(_metadata_file(root, index_kwargs.get("metadata_csv")), content))
+        masks = {image_id: str(p.relative_to(root)) for image_id, p in _masks_by_id(root).items()}
+        attach_masks(datalist_file, masks, "mask", check=lambda item, mask: _check_image(root / item["image"], root / mask))
         return Path(datalist_file)
     items, skipped = index_ham10000(dataset_dir, **index_kwargs)
     folds = split_by_group([i["lesion_id"] for i in items], [i["dx"] for i in items], val_fraction, test_fraction, seed)
-    return write_datalist_once(
+    path = write_datalist_once(
         datalist_file,
         items,
         folds,
         labels=list(HAM_CLASSES),
         meta={"dataset": "HAM10000", "dataset_dir": str(Path(dataset_dir).resolve()), "split_by": "lesion_id", "stratified_by": "dx",
-              "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "skipped": skipped},
+              "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "skipped": skipped, "fingerprint": current},
     )
+    check_saved_split(path, current, root)  # another process may have written its split first
+    return path

@@ -15,7 +15,7 @@ from .attribution import (
 )
 from .base import Explainer, InputAttributionExplainer, explain_positive_classes
 from .cam import CAM, GradCAM, GradCAMpp, default_target_layer
-from .registry import EXPLAINERS, get_explainer
+from .registry import EXPLAINERS, explainer_class, get_explainer
 
 __all__ = [
     "CAM",
@@ -30,6 +30,7 @@ __all__ = [
     "build_baselines",
     "default_target_layer",
     "explain_positive_classes",
+    "explainer_class",
     "get_explainer",
     "load_baselines",
     "save_baselines",

@@ -19,14 +19,19 @@ EXPLAINERS: dict[str, type[Explainer]] = {
 }
 
 
+def explainer_class(name: str) -> type[Explainer]:
+    """The explainer class registered as ``name`` (any case); a bundle's ``initialize`` calls it to refuse a wrong
+    ``explainer_name`` before any work, listing the valid names."""
+    try:
+        return EXPLAINERS[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"explainer_name {name!r}: unknown explainer; valid names: {', '.join(EXPLAINERS)}.") from None
+
+
 def get_explainer(name: str, model: nn.Module, **kwargs: Any) -> Explainer:
     """Build the explainer registered as ``name`` for ``model``; ``kwargs`` go to its constructor.
 
     In a bundle config: ``{"_target_": "segx_monai.explainers.get_explainer", "name": "gradcam",
     "model": "@network", "target_layer": "class_layers.relu"}``.
     """
-    try:
-        cls = EXPLAINERS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown explainer {name!r}; valid names: {', '.join(EXPLAINERS)}") from None
-    return cls(model, **kwargs)
+    return explainer_class(name)(model, **kwargs)

@@ -1,3 +1,3 @@
-"""Ignite/MONAI engine handlers: checkpoint resume, SegX/SegU and localization metrics."""
+"""Ignite/MONAI engine handlers: checkpoint resume, best-model selection, SegX/SegU and localization metrics."""
 
-from segx_monai.handlers import checkpoint, localization, region, savers, segx, thresholds, writers
+from segx_monai.handlers import checkpoint, localization, model_selection, region, savers, segx, thresholds, writers

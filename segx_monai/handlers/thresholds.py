@@ -13,6 +13,7 @@ from monai.handlers import from_engine
 from monai.utils import evenly_divisible_all_gather
 
 from segx_monai.metrics.classification import f1_optimal_thresholds
+from segx_monai.utils.staging import write_text_atomic
 
 
 def load_thresholds(path: str | Path, class_names: Sequence[str]) -> list[float]:
@@ -59,7 +60,7 @@ class F1ThresholdSaver:
             return
         thresholds, f1 = f1_optimal_thresholds(probs, labels)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({
+        write_text_atomic(self.path, json.dumps({
             "thresholds": dict(zip(self.class_names, thresholds.tolist())),
             "validation_f1": dict(zip(self.class_names, [None if v != v else v for v in f1.tolist()])),
             "epoch": engine.state.epoch,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -108,7 +109,9 @@ class SampleTableWriter(IterationHandler):
     Rows go to a JSON-lines file as they come and become the CSV at the end (two streamed passes), since a row of a
     late sample may have columns the first one lacked (e.g. an image with no finding has no SegU score). In a
     distributed run each rank streams its own shard's lines and rank 0 merges them, rank by rank, into the one CSV.
-    A run that fails keeps its lines file, so no finished row is lost.
+    Each iteration's lines are flushed, so a run that fails or is killed keeps every finished row in its lines file;
+    the CSV is written to a temporary file renamed over ``path`` only when the run completes, so ``path`` holds either
+    the previous run's whole table or this run's. No exception handler: Ignite lets an error propagate without one.
     """
 
     def __init__(self, path: str | Path, id_key: str = "image_id") -> None:
@@ -122,7 +125,6 @@ class SampleTableWriter(IterationHandler):
         super().attach(engine)
         engine.add_event_handler(Events.STARTED, self.open)
         engine.add_event_handler(Events.COMPLETED, self.write_table)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self.close)
 
     def open(self, engine: Engine | None = None) -> None:
         """Start this rank's lines file (every rank, so that an empty shard still leaves one to merge)."""
@@ -135,15 +137,20 @@ class SampleTableWriter(IterationHandler):
         for batch_item, item in iterate_items(engine):
             for row in item_rows(item):
                 self._lines.write(json.dumps({self.id_key: str(batch_item[self.id_key]), **row}) + "\n")
+        self._lines.flush()
 
-    def close(self, engine: Engine | None = None, *_) -> None:
+    def close(self, engine: Engine | None = None) -> None:
         if self._lines is not None:
             self._lines.close()
             self._lines = None
 
     def write_table(self, engine: Engine | None = None) -> None:
-        """Close the lines and, on rank 0 once every rank has closed its own, write the CSV from all of them."""
+        """Close the lines and, on rank 0 once every rank has closed its own, write the CSV from all of them; a run
+        ended early by ``engine.terminate()`` has only some rows, so it keeps its lines file and writes no table."""
         self.close()
+        if engine is not None and engine.should_terminate:
+            logger.warning("Run terminated early: no %s; the rows written so far are in %s", self.path, self._lines_path(idist.get_rank()))
+            return
         idist.barrier()
         if idist.get_rank() > 0:
             return
@@ -155,10 +162,12 @@ class SampleTableWriter(IterationHandler):
                     yield from map(json.loads, lines)
 
         columns = list(dict.fromkeys(key for row in rows() for key in row))
-        with open(self.path, "w", newline="") as table:
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+        with open(partial, "w", newline="") as table:
             writer = csv.DictWriter(table, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows())
+        os.replace(partial, self.path)
         for part in parts:
             part.unlink()
         logger.info("Wrote %s", self.path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -177,15 +178,42 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, dict]:
             f"{path}: unsupported Photometric Interpretation {photometric!r}; expected one of {GRAYSCALE + COLOUR}"
         )
     _check_decoder(ds)
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:  # decoders raise their own exception types on corrupt data
-        raise DicomReadError(f"{path}: could not decode the pixel data ({err})") from err
+    with _DecoderMessages() as messages:
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:  # decoders raise their own exception types on corrupt data
+            raise DicomReadError(f"{path}: could not decode the pixel data ({err})") from err
+    if messages:
+        # e.g. a corrupt JPEG stream: one decoder fails, pydicom logs it and another returns a partly black image
+        raise DicomReadError(
+            f"{path}: the pixel data decoded with warnings, so the image may be corrupt: {'; '.join(messages)}"
+        )
     if photometric in GRAYSCALE:
         image = _grayscale(pixels, ds)
     else:
         image = pixels / (2 ** int(ds.BitsStored) - 1)
     return image.astype(np.float32), _metadata(ds)
+
+
+class _DecoderMessages(logging.Handler):
+    """Collects, as a list, the warnings and errors pydicom logs in this thread while it decodes (its warnings are
+    logged too); a logging handler, because the ``warnings`` module's filters are process-wide and the bundles
+    decode in several threads at once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread, self.messages = threading.get_ident(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        logging.getLogger("pydicom").addHandler(self)
+        return self.messages
+
+    def __exit__(self, *_) -> None:
+        logging.getLogger("pydicom").removeHandler(self)
 
 
 def _check_decoder(ds: Dataset) -> None:

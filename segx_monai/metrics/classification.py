@@ -1,11 +1,37 @@
-"""Single-label classification metrics MONAI lacks: the confusion matrix and balanced accuracy (mean per-class recall)."""
+"""Classification metrics MONAI lacks: the confusion matrix, balanced accuracy (mean per-class recall), a macro AUROC
+over the classes that occur, and the mean validation loss from probabilities (to rank epochs whose key metric ties)."""
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Sequence
 
 import torch
 from monai.metrics import CumulativeIterationMetric, compute_roc_auc
+
+logger = logging.getLogger(__name__)
+
+
+def one_sided_classes(y: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Indices of the classes with no positive and of those with no negative among ``(N, K)`` 0/1 labels."""
+    positives = y.sum(0)
+    return torch.nonzero(positives == 0).flatten().tolist(), torch.nonzero(positives == y.shape[0]).flatten().tolist()
+
+
+class _WarnOnce:
+    """Logs each distinct warning once per metric object (once per run, not every epoch), naming classes by name."""
+
+    def __init__(self, class_names: Sequence[str] | None = None) -> None:
+        self.class_names, self._warned = list(class_names) if class_names else None, set()
+
+    def names(self, indices: list[int]) -> list[str] | list[int]:
+        return [self.class_names[i] for i in indices] if self.class_names else indices
+
+    def __call__(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
 
 
 def compute_confusion_matrix(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -39,10 +65,18 @@ class ConfusionMatrixCounts(CumulativeIterationMetric):
 
 
 class BalancedAccuracy(ConfusionMatrixCounts):
-    """Balanced accuracy over an epoch, from the accumulated confusion matrix."""
+    """Balanced accuracy over an epoch, from the accumulated confusion matrix; warns (once) naming absent classes."""
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
+        super().__init__(num_classes)
+        self.warn = _WarnOnce(class_names)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
-        return balanced_accuracy(super().aggregate())
+        confusion = super().aggregate()
+        absent = torch.nonzero(confusion.sum(1) == 0).flatten().tolist()
+        if absent:
+            self.warn(f"balanced accuracy is the mean recall of the {self.num_classes - len(absent)} of {self.num_classes} classes present: no sample of {self.warn.names(absent)}.")
+        return balanced_accuracy(confusion)
 
 
 class MulticlassAccuracy(ConfusionMatrixCounts):
@@ -64,11 +98,13 @@ class MacroAUROC(CumulativeIterationMetric):
     """Mean one-vs-rest AUROC over the classes that have both positives and negatives in the epoch.
 
     MONAI's ``ROCAUCMetric(average="macro")`` is NaN as soon as one class is missing from a (small) validation set.
+    The classes left out are named in a warning (once per run), and so is a fold with fewer than two classes left:
+    its macro AUROC cannot rank models (NaN with none).
     """
 
-    def __init__(self, per_class: bool = False) -> None:
+    def __init__(self, per_class: bool = False, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
-        self.per_class = per_class
+        self.per_class, self.warn = per_class, _WarnOnce(class_names)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         return torch.cat([y_pred, y], dim=1)
@@ -76,8 +112,39 @@ class MacroAUROC(CumulativeIterationMetric):
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         buffer = self.get_buffer()
         k = buffer.shape[1] // 2
+        no_positive, no_negative = one_sided_classes(buffer[:, k:])
+        if no_positive or no_negative:
+            self.warn(
+                f"AUROC over the {k - len(no_positive) - len(no_negative)} of {k} classes with both outcomes among {buffer.shape[0]} samples;"
+                f" left out: no positive {self.warn.names(no_positive)}, no negative {self.warn.names(no_negative)}."
+            )
+        if k - len(no_positive) - len(no_negative) < 2:
+            self.warn(f"fewer than 2 classes with both outcomes among {buffer.shape[0]} samples: too few to rank models by macro AUROC.")
         auroc = per_class_auroc(buffer[:, :k], buffer[:, k:])
         return auroc if self.per_class else auroc.nanmean()
+
+
+class MeanLoss(CumulativeIterationMetric):
+    """Mean cross-entropy of probabilities against one-hot (or, ``multi_label``, 0/1) labels over an epoch.
+
+    Computed from the post-processed probabilities (softmax or sigmoid), so the evaluator needs no logits; the
+    channel dimension is 1, so segmentation maps ``(B, K, H, W)`` give the mean per-pixel cross-entropy.
+    """
+
+    def __init__(self, multi_label: bool = False, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.multi_label, self.eps = multi_label, eps
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        p, y = y_pred.double().clamp(self.eps, 1 - self.eps), y.double()
+        if self.multi_label:
+            loss = -(y * p.log() + (1 - y) * (1 - p).log()).mean(1)
+        else:
+            loss = -(y * p.log()).sum(1)
+        return loss.reshape(loss.shape[0], -1).mean(1, keepdim=True)
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        return self.get_buffer().mean()
 
 
 def f1_optimal_thresholds(probs: torch.Tensor, labels: torch.Tensor, default: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,7 +136,12 @@ def run_search(search: Mapping, base: Mapping) -> optuna.Study:
           f"{settings.n_trials} trials; study in {shown_url}, trials in {trials_dir}", flush=True)
     objective = _Objective(settings, base, trials_dir)
     _work(study, objective, settings)
-    write_report(study, settings, shown_url)
+    report = write_report(study, settings, shown_url)
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
+    trained = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "surplus" not in t.user_attrs]
+    if failed and not trained:  # a failed trial is kept and the search goes on, but a search whose every trial failed fails
+        raise SearchError(f"every trial of study {settings.study_name} failed; trial {failed[-1].number}: {failed[-1].user_attrs['error']} (report: {report})")
     return study
 
 
