@@ -4,6 +4,7 @@ looks complete; command-line values that cannot work are refused before any work
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,13 @@ def test_sample_table_is_written_whole_or_not_at_all(tmp_path):
     with open(path) as table:
         assert [row["image_id"] for row in csv.DictReader(table)] == ["a0", "a1", "b0", "b1", "c0", "c1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]  # no lines file or temporary left
+
+
+def test_inference_with_a_truncated_model_fails_naming_it(trained_ham_bundle, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(trained_ham_bundle / "models", root / "models")
+    model = root / "models" / "classifier.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # a save cut short
+    code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", root, "--input", repr([image_file(tmp_path / "a.png")]))
+    assert code != 0, out[-3000:]
+    assert last.startswith(f"error: {model}: cannot be loaded") and "complete checkpoint" in last, last

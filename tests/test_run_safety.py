@@ -312,3 +312,12 @@ def test_interpretation_killed_midway_leaves_the_previous_complete_folder(traine
     assert "unfinished output" in records.text and f"left by PID {child.pid}" in records.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["interpret", "killed.log"]
     assert set(_tree(out)) == set(before)
+
+
+def test_resume_point_missing_a_part_is_refused_naming_it(tmp_path):
+    net, selection = torch.nn.Linear(2, 2), torch.nn.Linear(1, 1)
+    torch.save({"model": net.state_dict()}, tmp_path / "resume_checkpoint_1.pt")  # an older version's resume point
+    engine = Engine(lambda e, b: None)
+    ResumableCheckpoint(tmp_path, {"model": net, "model_selection": selection}).attach(engine)
+    with pytest.raises(ValueError, match=r"resume_checkpoint_1\.pt: this resume point has no model_selection, trainer.*--resume False"):
+        engine.run([0], max_epochs=1)
