@@ -22,7 +22,8 @@ from monai.handlers import CheckpointLoader
 
 from conftest import CHEST_TINY, REPO, TINY, chest_workflow, cli_settings, ham_workflow, run_workflow
 from segx_monai.bundle import ArchiveError, pack, unpack, verify
-from segx_monai.bundle.conformance import LARGE_FILE_BYTES, sha256_file
+from segx_monai.bundle.conformance import LARGE_FILE_BYTES
+from segx_monai.utils.files import sha256_file
 from segx_monai.cli import main as cli
 
 # per bundle: its trained fixture, data fixture, tiny settings, workflow factory, inference images and extra overrides
@@ -257,3 +258,9 @@ def test_large_files_entry_without_a_manifest_hash_is_refused(tmp_path):
     assert not dest.exists() and sorted(p.name for p in dest.parent.iterdir()) == []
     with pytest.raises(ArchiveError, match="models/extra.pt: in large_files.yml but without a sha256 in manifest.json"):
         verify(archive)
+
+
+def test_a_large_files_entry_that_is_not_a_mapping_is_refused_by_name(tmp_path):
+    archive = hand_made_archive(tmp_path / "tiny.zip", {"configs/inference.yaml": b"x: 1\n"}, ["models/extra.pt"])
+    with pytest.raises(ArchiveError, match=r"large_files.yml lists \[\"'models/extra.pt'\"\]"):
+        unpack(archive, tmp_path / "dest", sha256=sha256_file(archive))

@@ -451,3 +451,26 @@ def test_dicom_datalist_without_images(tmp_path):
     (tmp_path / "readme.txt").write_text("nothing here")
     with pytest.raises(DicomReadError, match="no DICOM images"):
         dicom_datalist(tmp_path)
+
+
+def test_harmless_pydicom_warnings_do_not_refuse_an_image(tmp_path):
+    """Excess padding after the pixel data and a NumberOfFrames of 0 are logged by pydicom but decode correctly:
+    only a failed or replaced decoder makes an image an error."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.arange(256, dtype=np.uint16).reshape(16, 16) * 16
+    for name, padding, frames in (("padded.dcm", b"\0" * 64, None), ("zero_frames.dcm", b"", 0)):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 16, 16, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        if frames is not None:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.tobytes() + padding
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        image, _ = read_dicom(tmp_path / name)
+        assert image.shape == (16, 16) and image.min() == 0 and image.max() > 0.9, name

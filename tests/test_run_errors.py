@@ -149,3 +149,12 @@ def test_inference_with_a_truncated_model_fails_naming_it(trained_ham_bundle, tm
     code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", root, "--input", repr([image_file(tmp_path / "a.png")]))
     assert code != 0, out[-3000:]
     assert last.startswith(f"error: {model}: cannot be loaded") and "complete checkpoint" in last, last
+
+
+def test_monai_tracking_settings_are_accepted_with_tracking_only():
+    from segx_monai.bundle.errors import check_overrides
+
+    config = [str(HAM_CONFIGS / "train_classifier.yaml")]
+    check_overrides(config, {"tracking": "mlflow", "experiment_name": "segx", "run_name": "a", "max_epochs": 2})
+    with pytest.raises(ConfigError, match="--experiment_name: no such config key"):
+        check_overrides(config, {"experiment_name": "segx"})

@@ -20,7 +20,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from conftest import HAM_CONFIGS, REPO, ham_workflow, run_workflow
-from segx_monai.handlers.checkpoint import BestModelSaver, ResumableCheckpoint, epoch_checkpoints, file_sha256, latest_epoch_checkpoint
+from segx_monai.handlers.checkpoint import BestModelSaver, ResumableCheckpoint, epoch_checkpoints, latest_epoch_checkpoint
+from segx_monai.utils.files import sha256_file
 from segx_monai.utils.lock import RunLock, RunLockedError
 from segx_monai.utils.staging import StagedDirectory
 
@@ -175,7 +176,7 @@ def test_resume_checks_the_best_model_and_names_its_true_epoch(tmp_path, damage)
     evaluator, saver = _evaluator_with_best_saver(tmp_path, net)
     evaluator.run([0], max_epochs=2)
     state = saver.state_dict()
-    assert (state["epoch"], state["metric"], state["sha256"]) == (2, pytest.approx(0.7), file_sha256(tmp_path / "classifier.pt"))
+    assert (state["epoch"], state["metric"], state["sha256"]) == (2, pytest.approx(0.7), sha256_file(tmp_path / "classifier.pt"))
 
     evaluator, fresh = _evaluator_with_best_saver(tmp_path, torch.nn.Linear(3, 2))
     with logged("segx_monai.handlers.checkpoint") as records:
@@ -234,6 +235,7 @@ def test_staged_output_swaps_only_when_complete_and_repairs_a_killed_swap(tmp_pa
         Path(staged.staging, "report.html").write_text("new, unfinished")
         raise ValueError("the run fails half-way")
     assert (out / "report.html").read_text() == "old" and not Path(staged.staging).exists()
+    assert (tmp_path / ".gradcam_rethreshold.failed" / "report.html").read_text() == "new, unfinished"  # kept aside
     # killed between moving the old folder aside and renaming the new one in: the old one comes back
     os.replace(out, tmp_path / ".gradcam_rethreshold.old")
     Path(staged.staging).mkdir()
@@ -241,13 +243,14 @@ def test_staged_output_swaps_only_when_complete_and_repairs_a_killed_swap(tmp_pa
         assert (out / "report.html").read_text() == "old" and list(Path(staged.staging).iterdir()) == []
         Path(staged.staging, "report.html").write_text("new")
     assert "Restoring" in records.text and "unfinished output" in records.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcam_rethreshold"] and (out / "report.html").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gradcam_rethreshold.failed", "gradcam_rethreshold"]
+    assert (out / "report.html").read_text() == "new"
 
 
 # ---- the bundle workflows
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.slow
@@ -287,7 +290,7 @@ def test_training_killed_while_saving_is_refused_twice_and_resumes_from_its_last
     record = torch.load(latest_epoch_checkpoint(checkpoints), weights_only=True)["key_metric_tracking"]
     best = tmp_path / "models" / "classifier.pt"
     torch.load(best, weights_only=True)
-    assert file_sha256(best) == record["sha256"]
+    assert sha256_file(best) == record["sha256"]
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert (evaluator.state.best_metric_epoch, evaluator.state.best_metric) == (record["epoch"], pytest.approx(record["metric"]))
 
@@ -321,3 +324,58 @@ def test_resume_point_missing_a_part_is_refused_naming_it(tmp_path):
     ResumableCheckpoint(tmp_path, {"model": net, "model_selection": selection}).attach(engine)
     with pytest.raises(ValueError, match=r"resume_checkpoint_1\.pt: this resume point has no model_selection, trainer.*--resume False"):
         engine.run([0], max_epochs=1)
+
+
+def _take_held_lock(local_rank: int, path: str, results: str) -> None:
+    """One rank of a 2-process gloo run: try the lock another process holds, record what this rank raised."""
+    try:
+        RunLock(path).acquire()
+        outcome = "taken"
+    except RunLockedError as e:
+        outcome = str(e)
+    Path(results, f"rank{local_rank}.txt").write_text(outcome)
+
+
+def test_a_refused_lock_ends_every_rank_of_a_distributed_run(tmp_path):
+    import ignite.distributed as idist
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "run.lock"
+        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "argv": None, "command": "sleep",
+                                    "started": "now", "token": "x"}))
+        with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+            parallel.run(_take_held_lock, str(lock), str(tmp_path))
+    finally:
+        holder.kill()
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert outcomes[0] == outcomes[1] and f"PID {holder.pid}" in outcomes[0], outcomes
+
+
+def test_a_best_model_saver_removes_only_its_own_unfinished_files(tmp_path):
+    others = [tmp_path / ".segmenter.pt.abc.partial", tmp_path / ".thresholds.json.1.partial"]
+    own = tmp_path / ".classifier.pt.def.partial"
+    for path in [*others, own]:
+        path.write_bytes(b"half")
+    engine, _ = _evaluator_with_best_saver(tmp_path, torch.nn.Linear(2, 2))
+    engine.run([0], max_epochs=1)
+    assert not own.exists() and all(p.exists() for p in others)
+
+
+def test_a_training_is_refused_while_another_output_writes_its_model(tmp_path, ham_dir):
+    """Another run (e.g. MONAI Label's fine-tuning, its own output_dir) writing the same models/segmenter.pt."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "models" / "segmenter.pt.lock"
+        lock.parent.mkdir()
+        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "argv": None,
+                                    "command": "fine-tuning", "started": "now", "token": "x"}))
+        workflow = ham_workflow(tmp_path, ham_dir, ["train_segmenter.yaml"])
+        workflow.initialize()
+        with pytest.raises(Exception) as info:
+            workflow.run()
+        refusals = [str(e) for e in chain(info.value) if isinstance(e, RunLockedError)]
+        assert refusals and f"segmenter.pt.lock: another run writes this output: PID {holder.pid}" in refusals[0], info.value
+    finally:
+        holder.kill()
+    assert not (tmp_path / "models" / "segmenter.pt").exists()

@@ -30,7 +30,8 @@ import yaml
 from monai.bundle import download_large_files
 
 import segx_monai
-from segx_monai.bundle.conformance import LARGE_FILE_BYTES, check_bundle, large_file_entries, parse_large_files, sha256_file, sha256_stream
+from segx_monai.bundle.conformance import LARGE_FILE_BYTES, check_bundle, large_file_entries, parse_large_files
+from segx_monai.utils.files import sha256_file, sha256_stream
 
 PARTS = ("configs", "docs", "models", "LICENSE")  # what a bundle folder contributes; large_files.yml is written anew
 MANIFEST = "manifest.json"
@@ -192,7 +193,7 @@ def unpack(archive: str | Path, dest: str | Path, sha256: str | None = None) -> 
 
 def unlisted_large_files(entries: list[dict], hashes: dict[str, str]) -> list[str]:
     """The ``large_files.yml`` entries without a sha256 in the manifest: a file fetched for one could be anything."""
-    return [e.get("path") for e in entries if not isinstance(e, dict) or e.get("path") not in hashes]
+    return [e.get("path") if isinstance(e, dict) else repr(e) for e in entries if not isinstance(e, dict) or e.get("path") not in hashes]
 
 
 def fetch_large_files(bundle_dir: Path, archive: Path, hashes: dict[str, str]) -> None:

@@ -5,16 +5,16 @@ metadata schema (kept in ``schemas/``), the version in the changelog, ``large_fi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlparse
 
 import jsonschema
 import yaml
+
+from segx_monai.utils.files import sha256_file
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 SCHEMA_FILE = SCHEMA_DIR / "meta_schema_20240725.json"
@@ -37,20 +37,6 @@ README_SECTIONS = (
     ("license",),
     ("references", "citation"),
 )
-
-
-def sha256_stream(f: BinaryIO) -> str:
-    """The sha256 hex digest of a binary stream, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """The sha256 hex digest of a file."""
-    with open(path, "rb") as f:
-        return sha256_stream(f)
 
 
 def schema_file(url: str) -> Path:

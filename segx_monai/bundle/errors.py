@@ -18,6 +18,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle import scripts as bundle_scripts
+from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ID_SEP = "#"
@@ -99,6 +100,8 @@ def check_overrides(config_file: Any, args: dict) -> None:
     defaults = ConfigParser()
     defaults.read_config(config_file)
     workflow_args = set(inspect.signature(ConfigWorkflow.__init__).parameters)
+    if args.get("tracking"):  # MONAI's experiment tracking adds its own settings (experiment_name, run_name, ...)
+        workflow_args |= set(DEFAULT_MLFLOW_SETTINGS["configs"])
     for key, value in args.items():
         if key in workflow_args or key.startswith("_meta_"):
             continue

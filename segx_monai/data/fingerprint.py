@@ -21,6 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from segx_monai.data.datalist import DatasetError
+from segx_monai.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ EXAMPLES = 3
 
 class StaleSplitError(DatasetError):
     """A saved split that no longer matches its data or settings, or a model trained on another split."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _name(path: Path, root: Path) -> str:
@@ -54,7 +46,7 @@ def make_fingerprint(root: str | Path, settings: Mapping, metadata_files: Sequen
     """``{"settings", "metadata" {file: sha256}, "images" [sorted], "sha256"}`` of a split of the data set in ``root``."""
     body = {
         "settings": dict(settings),
-        "metadata": {_name(Path(p), Path(root)): file_sha256(p) for p in metadata_files},
+        "metadata": {_name(Path(p), Path(root)): sha256_file(p) for p in metadata_files},
         "images": sorted(images),
     }
     return {**body, "sha256": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}

@@ -3,7 +3,6 @@ moment leaves the previous complete file or the new complete one, never a trunca
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -17,6 +16,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from segx_monai.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,14 @@ def latest_epoch_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
-def remove_partial_files(folder: str | Path, ignite_temp_files: bool = False) -> list[Path]:
-    """Delete the unfinished temporary files a killed save left in ``folder`` (and, in a folder of resume points
-    only, ``ignite_temp_files``: the ``tmpXXXXXXXX`` files of Ignite's DiskSaver); returns them. Rank 0 only, the
-    rank that saves."""
+def remove_partial_files(folder: str | Path, ignite_temp_files: bool = False, name: str = "*") -> list[Path]:
+    """Delete the unfinished temporary files a killed save of ``name`` (any file by default) left in ``folder`` (and,
+    in a folder of resume points only, ``ignite_temp_files``: the ``tmpXXXXXXXX`` files of Ignite's DiskSaver);
+    returns them. Rank 0 only, the rank that saves."""
     folder = Path(folder)
     if idist.get_rank() != 0 or not folder.is_dir():
         return []
-    found = [p for p in folder.glob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
+    found = [p for p in folder.glob(f".{name}.*{PARTIAL_SUFFIX}") if p.is_file()]
     if ignite_temp_files:
         found += [p for p in folder.iterdir() if _IGNITE_TEMP.match(p.name) and p.is_file()]
     for path in found:
@@ -57,11 +58,6 @@ def remove_partial_files(folder: str | Path, ignite_temp_files: bool = False) ->
 def _first_line(error: Exception) -> str:
     """``Type: first line of the message`` (torch's load errors run over several lines, or are empty)."""
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}".rstrip(": ")
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -121,7 +117,7 @@ class BestModelSaver(CheckpointSaver):
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
-        self.best, self.engine = {}, None
+        self.best, self.engine, self._removed_partial_files = {}, None, False
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=checkpoint.save_handler.filename)
@@ -129,7 +125,14 @@ class BestModelSaver(CheckpointSaver):
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
         self.engine = engine
-        engine.add_event_handler(Events.STARTED, lambda _: remove_partial_files(self.save_dir))
+        engine.add_event_handler(Events.STARTED, self.remove_partial_files)
+
+    def remove_partial_files(self, engine: Engine) -> None:
+        """At the first validation (the run holds its lock by then), the unfinished files of this saver's own file
+        only: models/ is shared with other trainings writing theirs."""
+        if not self._removed_partial_files:
+            self._removed_partial_files = True
+            remove_partial_files(self.save_dir, name=self._key_metric_checkpoint.save_handler.filename or "*")
 
     def metrics_completed(self, engine: Engine) -> None:
         handler = self._key_metric_checkpoint.save_handler
@@ -138,7 +141,7 @@ class BestModelSaver(CheckpointSaver):
         if handler.saves > saves:
             name = engine.state.key_metric_name  # the evaluator's key metric, even when the saver ranks by another score
             path = handler.path(self._key_metric_checkpoint._saved[-1].filename)
-            self.best = {"epoch": int(engine.state.epoch), "metric_name": name, "metric": float(engine.state.metrics[name]), "sha256": file_sha256(path)}
+            self.best = {"epoch": int(engine.state.epoch), "metric_name": name, "metric": float(engine.state.metrics[name]), "sha256": sha256_file(path)}
             logger.info("Best model -> %s (epoch %d, %s %.6g).", path, self.best["epoch"], name, self.best["metric"])
         if self.best:  # what the file holds, whatever else tracks the best epoch
             engine.state.best_metric, engine.state.best_metric_epoch = self.best["metric"], self.best["epoch"]
@@ -163,7 +166,7 @@ class BestModelSaver(CheckpointSaver):
                 except Exception as e:
                     problem = f"it does not load ({_first_line(e)})"
                 else:
-                    if file_sha256(path) != best["sha256"]:
+                    if sha256_file(path) != best["sha256"]:
                         problem = "it is not the file the resume point records (written after it, by the interrupted epoch)"
             if problem:
                 logger.warning("Best model %s: %s; its record is dropped and the next validated epoch writes a new one.", path, problem)
@@ -257,4 +260,7 @@ class TrainedModelLoader(CheckpointLoader):
         try:
             super().__call__(engine)
         except Exception as e:
-            raise ValueError(f"{path}: cannot be loaded ({_first_line(e)}); expected a complete checkpoint written by this bundle's training") from e
+            raise ValueError(
+                f"{path}: cannot be loaded ({_first_line(e)}); expected a complete checkpoint of this network, written by "
+                "this bundle's training with the same network settings"
+            ) from e

@@ -196,17 +196,19 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, dict]:
 
 
 class _DecoderMessages(logging.Handler):
-    """Collects, as a list, the warnings and errors pydicom logs in this thread while it decodes (its warnings are
-    logged too); a logging handler, because the ``warnings`` module's filters are process-wide and the bundles
-    decode in several threads at once."""
+    """Collects, as a list, the decoder failures pydicom logs in this thread while it decodes; a logging handler,
+    because the ``warnings`` module's filters are process-wide and the bundles decode in several threads at once."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.thread, self.messages = threading.get_ident(), []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.messages.append(record.getMessage())
+        message = record.getMessage()
+        # a decoder that failed (logged as an error) or was replaced by another one; pydicom's other warnings
+        # (excess padding, NumberOfFrames 0, views) describe harmless non-conformances and stay warnings
+        if record.thread == self.thread and (record.levelno >= logging.ERROR or "decoding plugin" in message):
+            self.messages.append(message)
 
     def __enter__(self) -> list[str]:
         logging.getLogger("pydicom").addHandler(self)

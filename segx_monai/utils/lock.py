@@ -97,8 +97,21 @@ class RunLock:
         return holder.get("host") == socket.gethostname() and not process_running(int(holder["pid"]), holder.get("argv"))
 
     def acquire(self) -> None:
-        if idist.get_rank() != 0:
-            return
+        """Take the lock on rank 0. In a distributed run every rank raises rank 0's refusal, rather than waiting for
+        rank 0 at the next collective call until the backend times out."""
+        refusal = None
+        if idist.get_rank() == 0:
+            try:
+                self._acquire()
+            except RunLockedError as e:
+                refusal = str(e)
+        if idist.get_world_size() > 1:
+            outcome = idist.broadcast("refused " + refusal if refusal else "taken", src=0)  # never empty: Ignite pads text
+            refusal = outcome.removeprefix("refused ") if outcome.startswith("refused ") else None
+        if refusal:
+            raise RunLockedError(refusal)
+
+    def _acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             if self._create():

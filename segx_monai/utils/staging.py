@@ -28,7 +28,7 @@ class StagedDirectory:
     """``staging`` (``.<name>.partial`` beside ``path``) is where a run writes; used as a context manager, it is set
     up at entry (after the run's lock is taken) and, when the block ends without error, swapped with ``path``: the
     previous folder is moved aside (``.<name>.old``), the new one renamed into place, then the previous one deleted.
-    On error the staging folder is deleted and ``path`` left as it was.
+    On error the staging folder is kept as ``.<name>.failed`` (replacing an older one) and ``path`` left as it was.
 
     Entry also repairs what a killed run left: a staging folder is deleted; an old folder is put back if ``path``
     is missing (killed between the two renames), deleted otherwise. In a distributed run only rank 0 sets up and
@@ -39,6 +39,7 @@ class StagedDirectory:
         self.path = Path(path)
         self.staging_path = self.path.with_name(f".{self.path.name}.partial")
         self.old_path = self.path.with_name(f".{self.path.name}.old")
+        self.failed_path = self.path.with_name(f".{self.path.name}.failed")
 
     @property
     def staging(self) -> str:
@@ -64,8 +65,10 @@ class StagedDirectory:
     def __exit__(self, exc_type, exc, tb) -> None:
         if idist.get_rank() != 0:
             return
-        if exc_type is not None:
-            shutil.rmtree(self.staging_path, ignore_errors=True)
+        if exc_type is not None:  # kept aside, not deleted: the rows a long run finished before failing stay readable
+            shutil.rmtree(self.failed_path, ignore_errors=True)
+            os.replace(self.staging_path, self.failed_path)
+            logger.warning("The unfinished output of this failed run is in %s; %s is left as it was.", self.failed_path, self.path)
             return
         if self.path.exists():
             os.replace(self.path, self.old_path)
