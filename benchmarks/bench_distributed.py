@@ -67,15 +67,16 @@ def main() -> None:
         common = {"dataset_dir": data, "image_size": args.image_size, "num_workers": 0}
         root = Path(tmp) / "bundle"
         for network in ("classifier", "segmenter"):  # the networks the interpretation runs use
-            launch(configs_dir, 1, [f"train_{network}.yaml"], "training", {**common, "bundle_root": root, "max_epochs": 1, "batch_size": args.batch_size})
+            launch(configs_dir, 1, ["inference.yaml", f"train_{network}.yaml"], "training",
+                   {**common, "bundle_root": root, "max_epochs": 1, "batch_size": args.batch_size})
         folds = json.loads(next((root / "datalists").glob("*.json")).read_text())
         rows = []
         for processes in (1, 2):
             train = {**common, "bundle_root": Path(tmp) / f"bundle_{processes}", "max_epochs": 2,
                      "val_interval": 1000, "batch_size": args.batch_size // processes}
-            log = launch(configs_dir, processes, ["train_classifier.yaml"], "training", train)
+            log = launch(configs_dir, processes, ["inference.yaml", "train_classifier.yaml"], "training", train)
             train_rate = len(folds["training"]) / seconds(EPOCH_TIME, log)
-            log = launch(configs_dir, processes, ["train_classifier.yaml", "interpret.yaml"], "interpreting",
+            log = launch(configs_dir, processes, ["inference.yaml", "interpret.yaml"], "interpreting",
                          {**common, "bundle_root": root, "interpret_dir": Path(tmp) / f"interpret_{processes}"})
             rows.append((processes, train_rate, len(folds["test"]) / seconds(RUN_TIME, log)))
     print(f"\n{args.bundle}: {args.n_images} images, {args.image_size} px, global batch {args.batch_size}, {os.cpu_count()} cores")

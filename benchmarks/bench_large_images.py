@@ -50,7 +50,7 @@ def measure_one(image: str, path: str, image_size: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "ham_segx" / "configs" / "train_classifier.yaml"))
+    parser.read_config(str(REPO / "bundles" / "ham_segx" / "configs" / "inference.yaml"))  # load_image is defined there
     parser.update({"image_size": image_size, **({"load_image#0#reader": PATHS[path]} if PATHS[path] else {})})
     parser.get_parsed_content("imports")
     load = Compose(parser.get_parsed_content("load_image"))

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "monailabel_app"))
 from local_server import local_server  # noqa: E402
 
-INFER = ["train_classifier.yaml", "inference.yaml"]
+INFER = ["inference.yaml"]  # every bundle's standalone base; the train configs compose after it
 # a study of each kind: (bundle, study suffix)
 KINDS = [("ham_segx", ".jpg"), ("chestx_segx", ".png"), ("chestx_segx", ".dcm")]
 
@@ -77,7 +77,7 @@ def main() -> None:
         roots = {bundle: tmp / bundle for bundle in data}
         for bundle, root in roots.items():
             for network in ("classifier", "segmenter"):
-                subprocess.run(bundle_command(bundle, root, data[bundle], "training", [f"train_{network}.yaml"], max_epochs=1),
+                subprocess.run(bundle_command(bundle, root, data[bundle], "training", [*INFER, f"train_{network}.yaml"], max_epochs=1),
                                check=True, capture_output=True)
         studies = tmp / "studies"
         subprocess.run([sys.executable, str(REPO / "monailabel_app" / "demo_studies.py"), "--out", str(studies), "--images", "1",

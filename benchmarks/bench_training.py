@@ -19,11 +19,12 @@ from monai.data import DataLoader, Dataset
 from segx_monai.data.synthetic_derm import generate_ham_like
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "ham_segx" / "configs"
+TRAIN_CLASSIFIER = ["inference.yaml", "train_classifier.yaml"]  # the shared base, then the classifier's overlay
 
 
 def bundle_workflow(root: Path, data: Path, args, **overrides) -> ConfigWorkflow:
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train_classifier.yaml"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
+        config_file=[str(CONFIGS / c) for c in TRAIN_CLASSIFIER], meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
         workflow_type="train", bundle_root=str(root), dataset_dir=str(data), image_size=args.image_size,
         batch_size=args.batch_size, max_epochs=2, val_interval=1000, num_workers=0, **overrides,
     )

@@ -32,9 +32,9 @@ MANIFEST = "segx_studies.json"
 def test_items(bundle: str, bundle_root: Path, dataset_dir: Path) -> list[dict]:
     """``{"image", "label"}`` items of the bundle's test fold (the saved split its training used)."""
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES_DIR / bundle / "configs" / "train_segmenter.yaml"))
+    parser.read_config([str(BUNDLES_DIR / bundle / "configs" / name) for name in ("inference.yaml", "train_segmenter.yaml")])
     parser.update({"bundle_root": str(bundle_root), "dataset_dir": str(dataset_dir)})
-    return parser.get_parsed_content("fold_items")("test")
+    return parser.get_parsed_content("train_items")("test")
 
 
 def dicom_copy(dataset_dir: Path, image: Path) -> Path | None:

@@ -16,32 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigComponent, ConfigParser
-from monai.handlers import CheckpointLoader
+from monai.bundle import ConfigParser
 from monai.transforms import Lambdad, MapTransform
-from monai.utils.module import locate
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 
-from segx_monai.handlers.region import RegionSegmentation
-from segx_monai.handlers.segx import ExplainPredictions, SegUScores, SegXMaps
-from segx_monai.handlers.writers import MultiLabelPredictionColumns, PredictionColumns, resize_to
+from segx_monai.core.maps import resize_maps
+from segx_monai.handlers.contract import CERTAINTY_SCORES, Columns, OutputKeys
+from segx_monai.handlers.segx import ExplainPredictions, SegUScores
 from segx_monai.io.dicom import is_dicom
 from study_paths import StudyRefused, inside_datastore
 
 # the clinical region each bundle's segmenter finds (channel 1 of its background/region softmax)
 REGIONS = {"ham_segx": "lesion", "chestx_segx": "lungs"}
 REGION_CHANNEL = 1
-INFERENCE_CONFIGS = ("train_classifier.yaml", "inference.yaml")
+INFERENCE_CONFIG = "inference.yaml"  # every bundle's standalone base; the train configs compose after it
 SEGMENTER_CONFIG = "train_segmenter.yaml"
-# the handlers of the bundle's inference evaluator that work in memory; the others write files (CSV, PNG, DICOM)
-IN_MEMORY_HANDLERS = (
-    CheckpointLoader, RegionSegmentation, ExplainPredictions, PredictionColumns, MultiLabelPredictionColumns, SegXMaps,
-    SegUScores,
-)
+# the handlers of the bundle's inference evaluator that work in memory (the others write files: CSV, PNG, DICOM)
+IN_MEMORY_HANDLERS = "$@model_loaders + @explanation_handlers"
 # label images as 8-bit PNG whatever the study's format (MONAI Label would otherwise write the study's own format)
 LABEL_OUTPUT = {"result_extension": ".png", "result_dtype": "uint8"}
 
@@ -120,11 +115,6 @@ def datastore_dir(datastore) -> Path:
     return Path(datastore._datastore_path).resolve()
 
 
-def handler_class(config: dict) -> type:
-    """The class a handler's config instantiates (``_target_`` may be a MONAI short name)."""
-    return locate(ConfigComponent(config).resolve_module_name())
-
-
 class StudyImage(MapTransform):
     """A study as the one image file the bundle reads: the file, or the one DICOM image of a folder (a DICOMweb series
     as MONAI Label downloads it), with symlinks resolved; :class:`StudyRefused` when it lies outside the datastore."""
@@ -163,7 +153,7 @@ class LabelImage(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            prob = resize_to(torch.as_tensor(d[key]).float().cpu(), d[self.size_key])
+            prob = resize_maps(torch.as_tensor(d[key]).float().cpu()[None], d[self.size_key])[0]
             d[key] = (prob[0] > self.threshold).to(torch.uint8).T.contiguous().numpy()
         return d
 
@@ -204,7 +194,7 @@ class RegionTask(_BundleInferTask):
     """The bundle's segmenter: the clinical region (lesion, lungs) as label 1, as the bundle's inference finds it."""
 
     def __init__(self, bundle: Bundle, datastore_dir: Path) -> None:
-        parser = bundle.parser(INFERENCE_CONFIGS)
+        parser = bundle.parser((INFERENCE_CONFIG,))
         super().__init__(
             bundle, parser, "segmenter_file", parser.get_parsed_content("segmenter_def"), {bundle.region: 1},
             f"{bundle.name}: {bundle.region} segmentation (the bundle's segmenter)", datastore_dir,
@@ -227,11 +217,10 @@ class SegXTask(_BundleInferTask):
     """
 
     def __init__(self, bundle: Bundle, datastore_dir: Path) -> None:
-        parser = bundle.parser(INFERENCE_CONFIGS)
-        handlers = [h for h in parser["handlers"] if issubclass(handler_class(h), IN_MEMORY_HANDLERS)]
-        parser.update({"handlers": handlers, "dataloader": "$[]"})  # the study comes in per request
+        parser = bundle.parser((INFERENCE_CONFIG,))
+        parser.update({"handlers": IN_MEMORY_HANDLERS, "dataloader": "$[]"})  # the study comes in per request
         super().__init__(
-            bundle, parser, "ckpt_file", None, {"segx": 1},
+            bundle, parser, "classifier_file", None, {"segx": 1},
             f"{bundle.name}: classification with SegX map (explanation restricted to the {bundle.region}) and "
             "SegU certainty with review flag", datastore_dir,
         )
@@ -249,18 +238,18 @@ class SegXTask(_BundleInferTask):
             self.evaluator.run()
             item = self.evaluator.state.output[0]
         data["result"], shown = self.summary(item)
-        data["pred"] = item["segx_binary"][shown].float() if shown is not None else torch.zeros_like(item["region_prob"])
+        data["pred"] = item[OutputKeys.SEGX_BINARY][shown].float() if shown is not None else torch.zeros_like(item[OutputKeys.REGION_PROB])
         return data
 
     def summary(self, item: dict) -> tuple[dict, int | None]:
         """The JSON result of one evaluated study (see the class docstring) and the explained pair the label shows."""
         names = self.explain.class_names
-        probs = item["pred"].detach().float().cpu()
-        explained = [names[c] for c in item["explained_classes"]]
+        probs = item[OutputKeys.PRED].detach().float().cpu()
+        explained = [names[c] for c in item[OutputKeys.EXPLAINED_CLASSES]]
         scores = [
-            {"class": name, "probability": float(probs[names.index(name)]), "ciou": row["ciou"],
-             "cauitc": row["cauitc"], "review": bool(row["review"]), "empty_region": bool(row["empty_region"])}
-            for name, row in zip(explained, item["rows"] if explained else [])
+            {"class": name, "probability": float(probs[names.index(name)]), **{score: row[score] for score in CERTAINTY_SCORES},
+             "review": bool(row[Columns.REVIEW]), "empty_region": bool(row[Columns.EMPTY_REGION])}
+            for name, row in zip(explained, item[OutputKeys.ROWS] if explained else [])
         ]
         shown = max(range(len(scores)), key=lambda i: scores[i]["probability"]) if scores else None
         result = {
@@ -303,9 +292,11 @@ class SegmenterTrainTask(BundleTrainTask):
             raise FileNotFoundError(f"{bundle.name}: no {SEGMENTER_CONFIG} in {bundle.configs_dir}")
         self.checkpoint = Path(self.bundle_config.get_parsed_content("ckpt_file"))
         self.bundle_path = str(bundle.root)  # the models are under the bundle root, which may differ from the configs'
+        # what MONAI Label's single-process run reads: the train config composed after the bundle's inference.yaml
+        self.bundle_config_path = [str(bundle.configs_dir / name) for name in (INFERENCE_CONFIG, SEGMENTER_CONFIG)]
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
-        return self.bundle.parser((Path(config).name,))
+        return self.bundle.parser((INFERENCE_CONFIG, Path(config).name))
 
     def config(self) -> dict:
         return {**super().config(), "model_filename": [self.checkpoint.name]}

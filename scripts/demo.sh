@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # The built-in demo, on synthetic data in the real data sets' layouts: generate the data and train the classifier and
 # the segmenter (scripts/prepare.sh), evaluate both on the test fold, interpret the classifier with SegX/SegU (Grad-CAM
-# and GradientSHAP) and print where the reports are. Usage: scripts/demo.sh [ham|chest|all]. Re-running resumes finished work.
+# and GradientSHAP), run the standalone inference config from the bundle's own folder, and print where the reports are. Usage: scripts/demo.sh [ham|chest|all]. Re-running resumes finished work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 
 bundle_demo() {  # bundle gradient-shap-draws
   local bundle=$1 shap_samples=$2
-  local configs=bundles/$bundle/configs
+  local root=bundles/$bundle
+  local configs=$root/configs
   bash scripts/prepare.sh "$bundle"
   for network in classifier segmenter; do
-    python -m monai.bundle run evaluating --config_file "['$configs/train_$network.yaml','$configs/evaluate.yaml']"
+    python -m monai.bundle run evaluating --bundle_root "$root" \
+      --config_file "['$configs/inference.yaml','$configs/train_$network.yaml','$configs/evaluate.yaml']"
   done
   for explainer in gradcam gradient_shap; do
-    python -m monai.bundle run interpreting --config_file "['$configs/train_classifier.yaml','$configs/interpret.yaml']" \
+    python -m monai.bundle run interpreting --bundle_root "$root" --config_file "['$configs/inference.yaml','$configs/interpret.yaml']" \
       --explainer_name "$explainer" --shap_samples "$shap_samples"
   done
+  (cd "$root" && python -m monai.bundle run inferring --config_file configs/inference.yaml)  # the Model Zoo's way
 }
 
 # GradientSHAP draws per explanation: the published 50 for the skin bundle; the chest bundle explains every predicted

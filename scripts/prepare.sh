@@ -23,5 +23,6 @@ if [ ! -d "$data" ]; then
 fi
 for network in classifier segmenter; do
   n=$epochs; [ "$network" = classifier ] && n=$classifier_epochs
-  "$python" -m monai.bundle run training --config_file "$root/configs/train_$network.yaml" --max_epochs "$n"
+  "$python" -m monai.bundle run training --config_file "['$root/configs/inference.yaml','$root/configs/train_$network.yaml']" \
+    --bundle_root "$root" --max_epochs "$n"
 done

@@ -12,7 +12,7 @@ COMMANDS = {
     "generate-chest": ("segx_monai.data.synthetic_chest", "write the synthetic chest X-ray set in the ChestX-Det10 layout"),
     "report": ("segx_monai.report", "rebuild report.html of an interpretation folder"),
     "search": ("segx_monai.search.cli", "hyper-parameter search of a bundle train config on the validation fold"),
-    "check": ("segx_monai.bundle.conformance", "check bundle folders against the MONAI Model Zoo's requirements"),
+    "check": ("segx_monai.bundle.zoo_ci", "run the MONAI Model Zoo's CI steps on bundle folders (--resolve: its requirements too)"),
     "pack": ("segx_monai.bundle.archive:pack_main", "pack a trained bundle into a zip with the sha256 of every file"),
     "unpack": ("segx_monai.bundle.archive:unpack_main", "unpack a bundle archive, checking every file (its configs run as code: trust the source)"),
     "verify": ("segx_monai.bundle.archive:verify_main", "check an archive or unpacked bundle against its sha256 manifest"),

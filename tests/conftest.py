@@ -27,11 +27,21 @@ def block(rows, cols):
     return image
 
 # tiny settings for every HAM workflow in the tests: small images, one epoch, small batches, a narrow U-Net
-TINY = {"image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "interpret_batch_size": 8, "shap_samples": 4, "n_baselines": 4}
+TINY = {"image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "inference_batch_size": 8, "shap_samples": 4, "n_baselines": 4}
+
+# each workflow's configs, in the order they compose (inference.yaml is every bundle's shared, standalone base)
+INFER = ["inference.yaml"]
+TRAIN_CLASSIFIER = ["inference.yaml", "train_classifier.yaml"]
+TRAIN_SEGMENTER = ["inference.yaml", "train_segmenter.yaml"]
+INTERPRET = ["inference.yaml", "interpret.yaml"]
+TRAIN_CONFIGS = {"classifier": TRAIN_CLASSIFIER, "segmenter": TRAIN_SEGMENTER}
 
 
-def bundle_workflow(configs_dir: Path, tiny: dict, bundle_root: Path, dataset_dir: Path, configs: list[str], workflow_type: str = "train", run_id: str = "run", **overrides) -> ConfigWorkflow:
-    """A ConfigWorkflow of the bundle in ``configs_dir`` on ``dataset_dir`` writing to ``bundle_root``, with ``tiny`` settings."""
+def bundle_workflow(configs_dir: Path, tiny: dict, bundle_root: Path, dataset_dir: Path, configs: list[str], workflow_type: str | None = None, run_id: str = "run", **overrides) -> ConfigWorkflow:
+    """A ConfigWorkflow of the bundle in ``configs_dir`` on ``dataset_dir`` writing to ``bundle_root``, with ``tiny``
+    settings; a "train" workflow when a train config is among ``configs``, else "infer" (the properties checked)."""
+    if workflow_type is None:
+        workflow_type = "train" if any(c.startswith("train_") for c in configs) else "infer"
     return ConfigWorkflow(
         config_file=[str(configs_dir / c) for c in configs],
         meta_file=str(configs_dir / "metadata.json"),
@@ -75,8 +85,8 @@ def ham_dir(tmp_path_factory) -> Path:
 def trained_ham_bundle(tmp_path_factory, ham_dir) -> Path:
     """A bundle root with a classifier and a segmenter trained one epoch on ``ham_dir``."""
     root = tmp_path_factory.mktemp("ham_bundle")
-    for config in ("train_classifier.yaml", "train_segmenter.yaml"):
-        run_workflow(ham_workflow(root, ham_dir, [config]))
+    for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER):
+        run_workflow(ham_workflow(root, ham_dir, configs))
     return root
 
 
@@ -101,6 +111,6 @@ def chest_dir(tmp_path_factory) -> Path:
 def trained_chest_bundle(tmp_path_factory, chest_dir) -> Path:
     """A chest bundle root with a classifier (and its thresholds) and a lung segmenter trained one epoch."""
     root = tmp_path_factory.mktemp("chest_bundle")
-    for config in ("train_classifier.yaml", "train_segmenter.yaml"):
-        run_workflow(chest_workflow(root, chest_dir, [config]))
+    for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER):
+        run_workflow(chest_workflow(root, chest_dir, configs))
     return root

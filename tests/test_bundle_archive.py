@@ -33,8 +33,8 @@ CASES = {
     "chestx_segx": ("trained_chest_bundle", "chest_dir", CHEST_TINY, chest_workflow,
                     lambda data: sorted(p for p in (data / "dicom").iterdir() if p.is_file())[:3], {"finding_thresholds": [0.0] + [2.0] * 9}),
 }
-INFER = ["train_classifier.yaml", "inference.yaml"]
-INTERPRET = ["train_classifier.yaml", "interpret.yaml"]
+INFER = ["inference.yaml"]
+INTERPRET = ["inference.yaml", "interpret.yaml"]
 
 
 def assemble(name: str, trained: Path, folder: Path) -> Path:
@@ -76,10 +76,10 @@ def test_archive_runs_from_an_empty_folder_like_the_source(name, request, tmp_pa
         members = {n.removeprefix(f"{name}/") for n in zf.namelist()}
         large = yaml.safe_load(zf.read(f"{name}/large_files.yml"))["large_files"]
     assert {"configs/metadata.json", "configs/inference.yaml", "docs/README.md", "docs/data_license.txt", "LICENSE",
-            "models/classifier.pt", "models/segmenter.pt", "large_files.yml", "manifest.json"} <= members
+            "models/model.pt", "models/segmenter.pt", "large_files.yml", "manifest.json"} <= members
     assert not any(m.startswith(("runs/", "datalists/")) for m in members)
-    assert [(e["path"], e["hash_val"]) for e in large] == [("models/classifier.pt", sha256_file(source / "models" / "classifier.pt"))]
-    assert (source / "models" / "classifier.pt").stat().st_size > LARGE_FILE_BYTES  # DenseNet121: over the zoo's 25 MB
+    assert [(e["path"], e["hash_val"]) for e in large] == [("models/model.pt", sha256_file(source / "models" / "model.pt"))]
+    assert (source / "models" / "model.pt").stat().st_size > LARGE_FILE_BYTES  # DenseNet121: over the zoo's 25 MB
 
     unpacked = tmp_path / "empty"
     unpacked.mkdir()
@@ -153,8 +153,8 @@ def test_tampered_archives_are_refused(ham_source, tmp_path):
         unpack(escaping, dest)
     with pytest.raises(ArchiveError, match="not a readable zip archive"):
         verify(ham_source / "LICENSE")
-    missing = rewrite(archive, tmp_path / "missing.zip", lambda name, data: None if name == "ham_segx/models/classifier.pt" else data)
-    with pytest.raises(ArchiveError, match=r"\['models/classifier.pt'\] are neither in the archive nor given a url"):
+    missing = rewrite(archive, tmp_path / "missing.zip", lambda name, data: None if name == "ham_segx/models/model.pt" else data)
+    with pytest.raises(ArchiveError, match=r"\['models/model.pt'\] are neither in the archive nor given a url"):
         unpack(missing, dest)
     (dest / "occupied").mkdir(parents=True)
     with pytest.raises(ArchiveError, match="not an empty folder"):
@@ -167,11 +167,12 @@ def test_large_files_left_out_are_fetched_and_checked(ham_source, tmp_path):
     published = tmp_path / "published"
     archive = pack(ham_source, tmp_path / "ham.zip", large_files_url=published.as_uri(), large_file_bytes=2**20)
     with zipfile.ZipFile(archive) as zf:
-        assert not any(n.endswith(".pt") for n in zf.namelist())
+        kept = {Path(i.filename).name: i.file_size for i in zf.infolist() if i.filename.endswith(".pt")}
+    assert "model.pt" not in kept and "segmenter.pt" not in kept and all(size <= 2**20 for size in kept.values())
     assert verify(archive)["bundle"] == "ham_segx"
     shutil.copytree(ham_source / "models", published / "models")
     dest = unpack(archive, tmp_path / "dest")
-    for weights in ("classifier.pt", "segmenter.pt"):
+    for weights in ("model.pt", "segmenter.pt"):
         assert (dest / "models" / weights).read_bytes() == (ham_source / "models" / weights).read_bytes()
     (published / "models" / "segmenter.pt").write_bytes(flip_one_byte((published / "models" / "segmenter.pt").read_bytes()))
     with pytest.raises(ArchiveError, match="segmenter.pt"):
@@ -193,13 +194,13 @@ class NotWeights:
 def test_untrained_or_unsafe_weights_are_not_packed(ham_source, tmp_path):
     """Missing weights, weights holding a pickled object, or a bundle failing the zoo's checks are not packed."""
     bundle = tmp_path / "ham_segx"
-    shutil.copytree(ham_source, bundle, ignore=shutil.ignore_patterns("classifier.pt"))
-    with pytest.raises(ArchiveError, match=r"no trained weights \['models/classifier.pt'\]"):
+    shutil.copytree(ham_source, bundle, ignore=shutil.ignore_patterns("model.pt"))
+    with pytest.raises(ArchiveError, match=r"no trained weights \['models/model.pt'\]"):
         pack(bundle, tmp_path / "untrained.zip")
-    torch.save({"model": NotWeights()}, bundle / "models" / "classifier.pt")
-    with pytest.raises(ArchiveError, match="classifier.pt: not loadable with torch.load\\(weights_only=True\\)"):
+    torch.save({"model": NotWeights()}, bundle / "models" / "model.pt")
+    with pytest.raises(ArchiveError, match="model.pt: not loadable with torch.load\\(weights_only=True\\)"):
         pack(bundle, tmp_path / "unsafe.zip")
-    loader = CheckpointLoader(load_path=str(bundle / "models" / "classifier.pt"), load_dict={"model": torch.nn.Linear(1, 1)})
+    loader = CheckpointLoader(load_path=str(bundle / "models" / "model.pt"), load_dict={"model": torch.nn.Linear(1, 1)})
     with pytest.raises(Exception, match="Weights only load failed"):  # MONAI's loader refuses it as well
         loader(Engine(lambda engine, batch: None))
     (bundle / "LICENSE").unlink()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import chest_workflow, run_workflow
+from conftest import TRAIN_CONFIGS, chest_workflow, run_workflow
 from segx_monai.data.chestx_det import CHESTX_DET10_FINDINGS
 from segx_monai.io.dicom import is_dicom
 
@@ -21,19 +21,19 @@ def test_classifier_saves_validation_thresholds_for_every_finding(trained_chest_
     saved = json.loads((trained_chest_bundle / "models" / "thresholds.json").read_text())
     assert list(saved["thresholds"]) == list(CHESTX_DET10_FINDINGS)
     assert all(0 <= t <= 1 for t in saved["thresholds"].values())
-    state = torch.load(trained_chest_bundle / "models" / "classifier.pt", map_location="cpu", weights_only=True)["model"]
+    state = torch.load(trained_chest_bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert state["class_layers.out.weight"].shape == (10, 1024) and state["features.conv0.weight"].shape[1] == 1
 
 
-@pytest.mark.parametrize("config, metric", [("train_classifier.yaml", "test_auroc_per_finding"), ("train_segmenter.yaml", "test_dice")])
-def test_evaluate(trained_chest_bundle, chest_dir, config, metric):
-    workflow = run_workflow(chest_workflow(trained_chest_bundle, chest_dir, [config, "evaluate.yaml"]))
+@pytest.mark.parametrize("network, metric", [("classifier", "test_auroc_per_finding"), ("segmenter", "test_dice")])
+def test_evaluate(trained_chest_bundle, chest_dir, network, metric):
+    workflow = run_workflow(chest_workflow(trained_chest_bundle, chest_dir, TRAIN_CONFIGS[network] + ["evaluate.yaml"]))
     assert metric in workflow.parser.get_parsed_content("validate#evaluator").state.metrics
 
 
 def test_interpretation_rows_per_predicted_finding(trained_chest_bundle, chest_dir, tmp_path):
     out = tmp_path / "interpret"
-    run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["train_classifier.yaml", "interpret.yaml"], interpret_dir=str(out), finding_thresholds=[0.0] * 10))
+    run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml", "interpret.yaml"], interpret_dir=str(out), finding_thresholds=[0.0] * 10))
     rows = list(csv.DictReader(open(out / "samples.csv")))
     n_test = len(json.loads(next((trained_chest_bundle / "datalists").glob("*.json")).read_text())["test"])
     assert len(rows) == 10 * n_test  # every finding is "positive" at threshold 0: one row each
@@ -46,7 +46,7 @@ def test_interpretation_rows_per_predicted_finding(trained_chest_bundle, chest_d
 
 def test_inference_on_a_dicom_folder_writes_overlays_as_secondary_capture(trained_chest_bundle, chest_dir, tmp_path):
     out = tmp_path / "inference"
-    run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+    run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml"], workflow_type="infer",
                                 input=str(chest_dir / "dicom"), inference_dir=str(out), finding_thresholds=[0.0] * 10))
     sources = sorted(p for p in (chest_dir / "dicom").iterdir() if is_dicom(p))
     rows = list(csv.DictReader(open(out / "predictions.csv")))
@@ -111,7 +111,7 @@ def test_clinical_dicoms_infer_like_their_pngs(trained_chest_bundle, chest_dir, 
     outputs = {}
     for folder in (pngs, dicoms):
         outputs[folder.name] = tmp_path / f"inference_{folder.name}"
-        run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+        run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml"], workflow_type="infer",
                                     input=str(folder), inference_dir=str(outputs[folder.name]), finding_thresholds=[0.0] * 10))
     for kind, name in names.items():
         stem = name.split(".")[0]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import jsonschema
@@ -15,12 +14,14 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 from packaging.version import Version
 
 import segx_monai
-from conftest import REPO
+from conftest import REPO, TRAIN_CONFIGS
 from segx_monai.bundle.conformance import SCHEMA_FILE, SCHEMA_SHA256, check_bundle, validate_metadata
+from segx_monai.bundle.zoo_ci import build_wheel, package_source
 
 BUNDLES = ("ham_segx", "chestx_segx")
-# each network of a bundle: its train config (which defines network_def) and its format key in metadata.json
-NETWORKS = {"classifier": ("train_classifier.yaml", "network_data_format"), "segmenter": ("train_segmenter.yaml", "segmenter_data_format")}
+# each network of a bundle: its format key in metadata.json and its weights file; its training configs
+# (inference.yaml then train_<network>.yaml) define it as network_def
+NETWORKS = {"classifier": ("network_data_format", "model.pt"), "segmenter": ("segmenter_data_format", "segmenter.pt")}
 TRAINED = {"ham_segx": "trained_ham_bundle", "chestx_segx": "trained_chest_bundle"}
 
 
@@ -64,6 +65,13 @@ def test_bundle_has_every_file_key_and_section_the_zoo_asks_for(bundle):
         Version(ConfigParser(meta)[key])  # a version pip can install, as the zoo's CI does
 
 
+def test_metadata_names_the_monai_label_app_at_its_version():
+    """``supported_apps`` names the MONAI Label app of this repository with the version its environment installs."""
+    (version,) = re.findall(r"\bmonailabel==([\w.]+)", (REPO / "scripts" / "monailabel_env.sh").read_text())
+    for bundle in BUNDLES:
+        assert metadata(bundle)["supported_apps"] == {"monailabel": version}
+
+
 def test_check_bundle_names_each_problem(tmp_path):
     """Each broken rule is reported once, naming the file and the key."""
     bundle = tmp_path / "bundle"
@@ -73,14 +81,14 @@ def test_check_bundle_names_each_problem(tmp_path):
     (bundle / "LICENSE").write_text("Apache-2.0")
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     del meta["task"]
-    meta["version"] = "0.2.0"
+    meta["version"] = "9.9.9"
     meta["network_data_format_segmenter"] = meta.pop("segmenter_data_format")
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
     readme = bundle / "docs" / "README.md"
     readme.write_text(readme.read_text().replace("## Performance", "## Results"))
     (bundle / "large_files.yml").write_text("large_files:\n  - path: ../models/classifier.pt\n    url: ''\n")
     problems = "\n".join(check_bundle(bundle))
-    for expected in ("'task' is a required property", "changelog: no entry for version '0.2.0'",
+    for expected in ("'task' is a required property", "changelog: no entry for version '9.9.9'",
                      "network_data_format_segmenter: not checked by the schema", "no 'performance' section",
                      "large_files#0: path '../models/classifier.pt' must stay inside the bundle"):
         assert expected in problems, problems
@@ -101,10 +109,11 @@ def test_an_edited_schema_copy_is_refused(tmp_path, monkeypatch):
 @pytest.mark.parametrize("network", NETWORKS)
 def test_verify_net_in_out_for_every_network(bundle, network):
     """MONAI's ``verify_net_in_out`` on each network with its own format from metadata.json (channels, shape, dtype)."""
-    config, format_key = NETWORKS[network]
+    format_key, _ = NETWORKS[network]
     configs = REPO / "bundles" / bundle / "configs"
     data_format = metadata(bundle)[format_key]
-    kwargs = {"net_id": "network_def", "meta_file": str(configs / "metadata.json"), "config_file": str(configs / config), "device": "cpu"}
+    kwargs = {"net_id": "network_def", "meta_file": str(configs / "metadata.json"), "config_file": [str(configs / c) for c in TRAIN_CONFIGS[network]],
+              "bundle_root": str(REPO / "bundles" / bundle), "device": "cpu"}
     verify_net_in_out(**kwargs, **{"_meta_#network_data_format": data_format})
     data_format["outputs"]["pred"]["num_channels"] += 1
     with pytest.raises(ValueError, match="output channel number"):
@@ -114,21 +123,23 @@ def test_verify_net_in_out_for_every_network(bundle, network):
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("network", NETWORKS)
 def test_torchscript_export_of_every_network(bundle, network, request, tmp_path):
-    """MONAI's ``ckpt_export`` of the trained weights: the TorchScript module computes what the network does."""
+    """MONAI's ``ckpt_export`` of the trained weights (plain state dicts, as the zoo exports them): the TorchScript
+    module computes what the network does."""
     trained = request.getfixturevalue(TRAINED[bundle])
-    config, format_key = NETWORKS[network]
-    configs = REPO / "bundles" / bundle / "configs"
-    ckpt_file = trained / "models" / f"{network}.pt"
+    format_key, weights = NETWORKS[network]
+    configs = [str(REPO / "bundles" / bundle / "configs" / c) for c in TRAIN_CONFIGS[network]]
+    ckpt_file = trained / "models" / weights
     exported = tmp_path / f"{network}.ts"
-    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(ckpt_file), meta_file=str(configs / "metadata.json"),
-                config_file=str(configs / config), key_in_ckpt="model")
-    extra = {"metadata.json": "", config.removesuffix(".yaml") + ".json": ""}
+    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(ckpt_file), meta_file=str(REPO / "bundles" / bundle / "configs" / "metadata.json"),
+                config_file=configs, bundle_root=str(trained))
+    extra = {"metadata.json": "", **{c.rpartition("/")[2].replace(".yaml", ".json"): "" for c in configs}}
     scripted = torch.jit.load(str(exported), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == metadata(bundle)["version"]
     parser = ConfigParser()
-    parser.read_config(str(configs / config))
+    parser.read_config(configs)
+    parser["bundle_root"] = str(trained)
     network_def = parser.get_parsed_content("network_def")
-    network_def.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True)["model"])
+    network_def.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True))
     image_format = metadata(bundle)[format_key]["inputs"]["image"]
     x = torch.rand(2, image_format["num_channels"], *image_format["spatial_shape"])
     with torch.no_grad():
@@ -136,19 +147,14 @@ def test_torchscript_export_of_every_network(bundle, network, request, tmp_path)
 
 
 def test_the_wheel_ships_the_schema_and_the_bundle_commands(tmp_path):
-    """What ``pip install segx-monai`` installs: the kept schema (package data) and the archive commands. Built from
-    a copy of the sources, so that the build leaves nothing in the repository."""
-    source = tmp_path / "source"
-    shutil.copytree(REPO / "segx_monai", source / "segx_monai", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(REPO / name, source / name)
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (wheel,) = tmp_path.glob("segx_monai-*.whl")
+    """What ``pip install segx-monai`` installs, at the version the bundles pin: the kept schema (package data) and
+    the bundle commands. Built from a copy of the sources, so that the build leaves nothing in the repository."""
+    assert package_source() == REPO
+    wheel = build_wheel(REPO, tmp_path)
+    assert wheel.name == f"segx_monai-{metadata('ham_segx')['required_packages_version']['segx-monai']}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert zf.read(f"segx_monai/bundle/schemas/{SCHEMA_FILE.name}") == SCHEMA_FILE.read_bytes()
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "segx-monai = segx_monai.cli:main" in zf.read(entry_points).decode()
-    assert {"segx_monai/bundle/archive.py", "segx_monai/bundle/conformance.py", "segx_monai/bundle/schemas/README.md"} <= names
+    assert {"segx_monai/bundle/archive.py", "segx_monai/bundle/conformance.py", "segx_monai/bundle/zoo_ci.py", "segx_monai/bundle/schemas/README.md"} <= names

@@ -17,35 +17,51 @@ import torch
 from ignite.engine import Events
 from PIL import Image
 
-from conftest import HAM_CONFIGS, REPO, TINY, ham_workflow, run_workflow
+from monai.bundle import ConfigParser
+
+from conftest import HAM_CONFIGS, REPO, TINY, TRAIN_CONFIGS, TRAIN_SEGMENTER, ham_workflow, run_workflow
+from segx_monai.data.fingerprint import saved_split
 from segx_monai.handlers.checkpoint import latest_epoch_checkpoint
 from segx_monai.networks.classifiers import build_classifier, load_pretrained
 
 
 def test_training_writes_weights_that_load_safely(trained_ham_bundle):
-    for name in ("classifier", "segmenter"):
-        saved = torch.load(trained_ham_bundle / "models" / f"{name}.pt", map_location="cpu", weights_only=True)
-        assert all(isinstance(v, torch.Tensor) for v in saved["model"].values()) and len(saved["split"]["fingerprint"]) == 64
+    """Plain state dicts (what MONAI's and the Model Zoo's loaders take) that still name their split."""
+    parser = ConfigParser()
+    parser.read_config(str(HAM_CONFIGS / "inference.yaml"))
+    for name, file, net_id in (("classifier", "model.pt", "network_def"), ("segmenter", "segmenter.pt", "segmenter_def")):
+        saved = torch.load(trained_ham_bundle / "models" / file, map_location="cpu", weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in saved.values()) and len(saved_split(saved)["fingerprint"]) == 64
+        parser.get_parsed_content(net_id, instantiate=True).load_state_dict(saved, strict=True)
         assert latest_epoch_checkpoint(trained_ham_bundle / "runs" / name / "checkpoints").name == "resume_checkpoint_1.pt"
 
 
-@pytest.mark.parametrize("config, metrics", [("train_classifier.yaml", ["test_macro_auroc", "test_balanced_accuracy", "test_confusion_matrix"]), ("train_segmenter.yaml", ["test_dice", "test_iou"])])
-def test_evaluate_on_the_test_fold(trained_ham_bundle, ham_dir, config, metrics):
-    workflow = run_workflow(ham_workflow(trained_ham_bundle, ham_dir, [config, "evaluate.yaml"]))
+@pytest.mark.parametrize("network, metrics", [("classifier", ["test_macro_auroc", "test_balanced_accuracy", "test_confusion_matrix"]), ("segmenter", ["test_dice", "test_iou"])])
+def test_evaluate_on_the_test_fold(trained_ham_bundle, ham_dir, network, metrics):
+    workflow = run_workflow(ham_workflow(trained_ham_bundle, ham_dir, TRAIN_CONFIGS[network] + ["evaluate.yaml"]))
     state = workflow.parser.get_parsed_content("validate#evaluator").state
     n_test = len(json.loads(Path(workflow.parser.get_parsed_content("datalist")).read_text())["test"])
     assert state.iteration == -(-n_test // TINY["batch_size"])
-    saved = (trained_ham_bundle / "runs" / config.removeprefix("train_").removesuffix(".yaml") / "eval" / "metrics.csv").read_text()
+    with open(trained_ham_bundle / "runs" / network / "eval" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))  # a real CSV: one value per row, every row complete
+    assert rows and all(list(row) == ["metric", "class", "predicted_class", "value"] and None not in row.values() for row in rows)
+    saved = {(r["metric"], r["class"], r["predicted_class"]): float(r["value"]) for r in rows}
     for metric in metrics:
-        assert metric in state.metrics and metric in saved
+        assert metric in state.metrics and any(key[0] == metric for key in saved)
+    assert saved[(metrics[0], "", "")] == pytest.approx(float(state.metrics[metrics[0]]))
     if "test_confusion_matrix" in metrics:
         assert int(state.metrics["test_confusion_matrix"].sum()) == n_test
+        matrix = {(t, p): v for (m, t, p), v in saved.items() if m == "test_confusion_matrix"}
+        class_names = workflow.parser.get_parsed_content("class_names")
+        assert len(matrix) == len(class_names) ** 2 and sum(matrix.values()) == n_test
+        per_class = {c: v for (m, c, _), v in saved.items() if m == "test_auroc_per_class"}
+        assert list(per_class) == class_names
 
 
 def test_inference_workflow_properties_and_outputs(trained_ham_bundle, ham_dir, tmp_path):
     inputs = sorted((ham_dir / "HAM10000_images_part_1").glob("*.jpg"))[:5]
     out = tmp_path / "inference"
-    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["inference.yaml"], workflow_type="infer",
                               input=[str(p) for p in inputs], inference_dir=str(out)))
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["image_id"] for r in rows] == [p.stem for p in inputs]
@@ -59,7 +75,7 @@ def test_inference_workflow_properties_and_outputs(trained_ham_bundle, ham_dir, 
 
 
 def test_killed_training_resumes_without_redoing_epochs(ham_dir, tmp_path):
-    args = ["run", "training", "--config_file", str(HAM_CONFIGS / "train_segmenter.yaml"), "--bundle_root", str(tmp_path),
+    args = ["run", "training", "--config_file", str([str(HAM_CONFIGS / c) for c in TRAIN_SEGMENTER]), "--bundle_root", str(tmp_path),
             "--dataset_dir", str(ham_dir), "--image_size", "32", "--batch_size", "8", "--max_epochs", "3"]
     checkpoints = tmp_path / "runs" / "segmenter" / "checkpoints"
     process = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -73,7 +89,7 @@ def test_killed_training_resumes_without_redoing_epochs(ham_dir, tmp_path):
     killed_at = int(latest_epoch_checkpoint(checkpoints).stem.rsplit("_", 1)[1])
     assert killed_at < 3, "the run finished before it could be killed"
     saved = torch.load(latest_epoch_checkpoint(checkpoints), map_location="cpu", weights_only=True)
-    workflow = ham_workflow(tmp_path, ham_dir, ["train_segmenter.yaml"], max_epochs=3)
+    workflow = ham_workflow(tmp_path, ham_dir, ["inference.yaml", "train_segmenter.yaml"], max_epochs=3)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epochs_run = []
@@ -128,7 +144,7 @@ def _save(path: Path, obj) -> Path:
 @pytest.mark.parametrize("flag, value", [("resume", "false"), ("pretrained", "true"), ("pretrained", "False")])
 def test_a_boolean_given_as_text_on_the_command_line_is_refused(ham_dir, tmp_path, flag, value):
     """`--resume false` reaches the config as the text 'false' (truthy): refused with the spelling that works."""
-    workflow = ham_workflow(tmp_path, ham_dir, ["train_classifier.yaml"], **{flag: value})
+    workflow = ham_workflow(tmp_path, ham_dir, ["inference.yaml", "train_classifier.yaml"], **{flag: value})
     with pytest.raises(Exception) as info:
         workflow.initialize()
         workflow.run()

@@ -39,9 +39,9 @@ def torchrun(configs_dir: Path, configs: list[str], run_id: str, **overrides) ->
 def validation_metrics(configs_dir: Path, bundle_root: Path, dataset_dir: Path, tiny: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """One process: the saved best classifier on the whole validation fold; its metrics and (probabilities, labels)."""
     parser = ConfigParser()
-    parser.read_config(str(configs_dir / "train_classifier.yaml"))
+    parser.read_config([str(configs_dir / "inference.yaml"), str(configs_dir / "train_classifier.yaml")])
     parser.update({**tiny, "bundle_root": str(bundle_root), "dataset_dir": str(dataset_dir), "validate#handlers": []})
-    parser.get_parsed_content("network").load_state_dict(torch.load(bundle_root / "models" / "classifier.pt", weights_only=True)["model"])
+    parser.get_parsed_content("network").load_state_dict(torch.load(bundle_root / "models" / "model.pt", weights_only=True))
     evaluator = parser.get_parsed_content("validate#evaluator")
     outputs = []
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.extend(e.state.output))
@@ -55,7 +55,7 @@ def test_two_process_training_gathers_the_global_validation_metric(bundle, reque
     dataset_dir = request.getfixturevalue(data_fixture)
     settings = {**tiny, "max_epochs": 2}
     root = tmp_path / "ddp"
-    out = torchrun(configs_dir, ["train_classifier.yaml", "multi_gpu_train.yaml"], "training",
+    out = torchrun(configs_dir, ["inference.yaml", "train_classifier.yaml", "multi_gpu_train.yaml"], "training",
                    bundle_root=root, dataset_dir=dataset_dir, **{**settings, "batch_size": settings["batch_size"] // 2})
     reported = float(re.search(r"best validation val_auroc (\S+) at epoch", out).group(1))
 
@@ -75,7 +75,7 @@ def test_two_process_training_gathers_the_global_validation_metric(bundle, reque
     assert [p.name for p in (root / "runs" / "classifier" / "checkpoints").iterdir()] == ["resume_checkpoint_2.pt"]
 
     # the same global batch in one process reaches about the same validation metric
-    single = run_workflow(workflow(tmp_path / "single", dataset_dir, ["train_classifier.yaml"], max_epochs=2))
+    single = run_workflow(workflow(tmp_path / "single", dataset_dir, ["inference.yaml", "train_classifier.yaml"], max_epochs=2))
     assert abs(single.parser.get_parsed_content("validate#evaluator").state.best_metric - reported) < 0.15
 
 
@@ -99,10 +99,10 @@ def test_two_process_interpretation_report_equals_one_process(bundle, request, t
     configs_dir, tiny, data_fixture, workflow = BUNDLES[bundle]
     dataset_dir, root = request.getfixturevalue(data_fixture), request.getfixturevalue(f"trained_{bundle}_bundle")
     # one image per batch in both runs, so every image meets the same kernels: the rows must agree to float precision
-    settings = {**tiny, "image_size": 64, "interpret_batch_size": 1, "bundle_root": root, "dataset_dir": dataset_dir}
+    settings = {**tiny, "image_size": 64, "inference_batch_size": 1, "bundle_root": root, "dataset_dir": dataset_dir}
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    run_workflow(workflow(root, dataset_dir, ["train_classifier.yaml", "interpret.yaml"], image_size=64, interpret_batch_size=1, interpret_dir=str(single_dir)))
-    torchrun(configs_dir, ["train_classifier.yaml", "interpret.yaml", "multi_gpu_interpret.yaml"], "interpreting", interpret_dir=ddp_dir, **settings)
+    run_workflow(workflow(root, dataset_dir, ["inference.yaml", "interpret.yaml"], image_size=64, inference_batch_size=1, interpret_dir=str(single_dir)))
+    torchrun(configs_dir, ["inference.yaml", "interpret.yaml", "multi_gpu_interpret.yaml"], "interpreting", interpret_dir=ddp_dir, **settings)
 
     single, ddp = read_rows(single_dir / "samples.csv"), read_rows(ddp_dir / "samples.csv")
     assert single.keys() == ddp.keys() and len(single) > 0

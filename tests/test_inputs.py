@@ -25,13 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 RAMP16 = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
 
 
-def bundle_transform(bundle: str, config: str, key: str = "load_image", **overrides) -> Compose:
-    """The list ``key`` of a bundle config (its readers and transforms as the workflows build them), with overrides."""
+def bundle_transform(bundle: str, config: str, keys: tuple[str, ...] = ("load_image",), **overrides) -> Compose:
+    """The lists ``keys`` of a bundle config composed after inference.yaml (its readers and transforms as the
+    workflows build them), with overrides."""
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / config))
+    parser.read_config([str(REPO / "bundles" / bundle / "configs" / name) for name in dict.fromkeys(["inference.yaml", config])])
     parser.update(overrides)
     parser.get_parsed_content("imports")
-    return Compose(parser.get_parsed_content(key))
+    return Compose([t for key in keys for t in parser.get_parsed_content(key)])
 
 
 def error_text(excinfo) -> str:
@@ -101,7 +102,7 @@ def test_masks_stored_as_0_1_or_0_255_give_the_same_labels(tmp_path, bundle):
     for top in (1, 255):
         Image.fromarray(region * top).save(tmp_path / f"mask{top}.png")
         item = {"image": str(tmp_path / "image.png"), "label": str(tmp_path / f"mask{top}.png"), "boxes": [], "polygons": [], "findings": []}
-        labels.append(np.asarray(bundle_transform(bundle, "train_segmenter.yaml", image_size=20)(item)["label"]))
+        labels.append(np.asarray(bundle_transform(bundle, "train_segmenter.yaml", ("load_image", "load_label"), image_size=20)(item)["label"]))
     np.testing.assert_array_equal(labels[0], labels[1])
     assert labels[0].sum() == region[::2, ::2].sum() > 0
 

@@ -16,7 +16,7 @@ ARTEFACTS = ("samples.csv", "curves.json", "run.json", "summary.json", "report.h
 
 def interpret(bundle, data, tmp_path, explainer="gradcam", **overrides):
     out = tmp_path / f"interpret_{explainer}"
-    run_workflow(ham_workflow(bundle, data, ["train_classifier.yaml", "interpret.yaml"], explainer_name=explainer, interpret_dir=str(out), **overrides))
+    run_workflow(ham_workflow(bundle, data, ["inference.yaml", "interpret.yaml"], explainer_name=explainer, interpret_dir=str(out), **overrides))
     return out
 
 
@@ -45,8 +45,8 @@ def test_segx_beats_the_raw_map_on_the_synthetic_set(ham_dir, tmp_path_factory):
     """Artefacts outside the lesion pull the raw map away from it; SegX restricted to the predicted lesion does better."""
     bundle = tmp_path_factory.mktemp("segx_vs_raw")
     sized = {"image_size": 64}
-    run_workflow(ham_workflow(bundle, ham_dir, ["train_classifier.yaml"], max_epochs=3, **sized))
-    run_workflow(ham_workflow(bundle, ham_dir, ["train_segmenter.yaml"], max_epochs=8, **sized))
+    run_workflow(ham_workflow(bundle, ham_dir, ["inference.yaml", "train_classifier.yaml"], max_epochs=3, **sized))
+    run_workflow(ham_workflow(bundle, ham_dir, ["inference.yaml", "train_segmenter.yaml"], max_epochs=8, **sized))
     for explainer in ("gradcam", "gradient_shap"):
         summary = json.loads((interpret(bundle, ham_dir, tmp_path_factory.mktemp(explainer), explainer, **sized) / "summary.json").read_text())
         for metric in ("iou_at_q", "auitc"):

@@ -1,16 +1,21 @@
-"""Localisation metrics against a ground-truth mask: hand-worked 4x4 cases, NaN rules, cumulative metrics, Ignite."""
+"""Localisation metrics against a ground-truth mask: hand-worked 4x4 cases, NaN rules, cumulative metrics, Ignite,
+gathered over the ranks of a distributed run."""
 
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from ignite.engine import Engine
 
-from segx_monai.handlers.localization import AUITC, HitRate, IoUAtQ, RelevanceMass
+from segx_monai.handlers.localization import AUITC, HitRate, IoUAtQ, LocalizationScores, RelevanceMass
 from segx_monai.metrics import (
     AUITCMetric,
     HitRateMetric,
     IoUAtQMetric,
+    IoUThresholdCurveMetric,
     RelevanceMassMetric,
     compute_auitc,
     compute_hit,
@@ -148,3 +153,56 @@ def test_ignite_handler_output_transform_and_other_handlers():
     engine.run(batches, max_epochs=1)
     assert engine.state.metrics["hit"] == pytest.approx(0.5)
     assert math.isclose(engine.state.metrics["mass"], (54 + 28) / 120 / 2, rel_tol=1e-6)
+
+
+def test_threshold_curve_metric_means_the_curves_of_samples_with_ground_truth():
+    # RAMP against the last row on 3 thresholds: [4/16, 4/8, 1/4]; against the bottom-right 2x2: t = 0 4/16,
+    # t = 0.5 (rows 2-3) 4/8, t = 1 (pixel 15) 1/4; an empty G is left out of the mean and the count
+    metric = IoUThresholdCurveMetric(n_thresholds=3)
+    metric(RAMP.expand(2, 1, 4, 4), torch.cat([LAST_ROW, EMPTY]))
+    metric(RAMP, BOTTOM_RIGHT_2X2)
+    mean, count = metric.aggregate()
+    assert mean.tolist() == pytest.approx([0.25, 0.5, 0.25]) and count == 2
+    assert metric.get_buffer().shape == (3, 3) and metric.get_buffer()[1].isnan().all()
+
+
+def _score_in_two_processes(rank: int, store: str, out: str) -> None:
+    """One rank of a 2-process gloo run of LocalizationScores: rank 0 explains both images, rank 1 none."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        handler = LocalizationScores(q=0.25, n_thresholds=3, curves_path=f"{out}/curves.json")
+        engine = SimpleNamespace(state=SimpleNamespace(metrics={}, **_two_images(explained=rank == 0)))
+        handler(engine)
+        handler.finish(engine)
+        Path(f"{out}/metrics{rank}.json").write_text(json.dumps(engine.state.metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_images(explained: bool) -> dict:
+    """Batch and output items of two images (ground truths: last row, bottom-right 2x2), explained or not."""
+    pairs = 1 if explained else 0
+    output = [{"map": RAMP[:pairs], "segx_map": (RAMP * LAST_ROW)[:pairs], "rows": [{}]} for _ in range(2)]
+    return {"batch": [{"mask": LAST_ROW[0]}, {"mask": BOTTOM_RIGHT_2X2[0]}], "output": output}
+
+
+@pytest.mark.timeout(300)
+def test_localization_scores_gather_every_rank_even_one_without_pairs(tmp_path):
+    single = LocalizationScores(q=0.25, n_thresholds=3, curves_path=tmp_path / "curves.json")
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={}, **_two_images(explained=True)))
+    single(engine)
+    single.finish(engine)
+    expected, expected_curves = engine.state.metrics, json.loads((tmp_path / "curves.json").read_text())
+    assert expected["iou_at_q_raw"] == pytest.approx((1 + 1 / 3) / 2) and expected_curves["n"] == 2
+
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    torch.multiprocessing.spawn(_score_in_two_processes, args=(str(tmp_path / "store"), str(ddp)), nprocs=2)
+    for rank in (0, 1):  # every rank has the global means; the rank that scored nothing joined the gather
+        assert json.loads((ddp / f"metrics{rank}.json").read_text()) == pytest.approx(expected)
+    curves = json.loads((ddp / "curves.json").read_text())
+    assert curves.keys() == expected_curves.keys() and curves["n"] == 2
+    for key in ("auitc_curve_raw", "auitc_curve_segx"):
+        assert curves[key] == pytest.approx(expected_curves[key])

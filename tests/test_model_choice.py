@@ -204,7 +204,7 @@ def record_epochs(workflow):
 
 def test_saturated_auroc_keeps_the_later_epoch_with_lower_loss(tmp_path, records):
     workflow = ham_workflow(
-        tmp_path / "bundle", two_class_ham(tmp_path / "HAM10000"), ["train_classifier.yaml"], max_epochs=3,
+        tmp_path / "bundle", two_class_ham(tmp_path / "HAM10000"), ["inference.yaml", "train_classifier.yaml"], max_epochs=3,
         val_fraction=0.3, test_fraction=0.2, aug_prob=0.0, early_stop_patience=10, network_def=TINY_DENSENET, learning_rate=1e-2,
     )
     workflow.initialize()
@@ -220,7 +220,7 @@ def test_saturated_auroc_keeps_the_later_epoch_with_lower_loss(tmp_path, records
     assert epochs[0][0]["val_accuracy"] == 0.5 and epochs[best - 1][0]["val_accuracy"] == 1.0
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (1.0, best)
-    saved = torch.load(tmp_path / "bundle" / "models" / "classifier.pt", weights_only=True)["model"]
+    saved = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in epochs[best - 1][1].items())
     assert not all(torch.equal(saved[k], v) for k, v in epochs[0][1].items())
     said = warnings_of(records)
@@ -229,7 +229,7 @@ def test_saturated_auroc_keeps_the_later_epoch_with_lower_loss(tmp_path, records
 
 
 def test_chest_classifier_ranks_by_the_selection_score(tmp_path, chest_dir):
-    workflow = chest_workflow(tmp_path, chest_dir, ["train_classifier.yaml"], max_epochs=2, network_def={**TINY_DENSENET, "in_channels": "@in_channels"})
+    workflow = chest_workflow(tmp_path, chest_dir, ["inference.yaml", "train_classifier.yaml"], max_epochs=2, network_def={**TINY_DENSENET, "in_channels": "@in_channels"})
     workflow.initialize()
     epochs = record_epochs(workflow)
     workflow.run()
@@ -239,13 +239,13 @@ def test_chest_classifier_ranks_by_the_selection_score(tmp_path, chest_dir):
     best = max(range(2), key=lambda e: scores[e]) + 1
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.best_metric_epoch == best
-    saved = torch.load(tmp_path / "models" / "classifier.pt", weights_only=True)["model"]
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in epochs[best - 1][1].items())
     assert json.loads((tmp_path / "models" / "thresholds.json").read_text())["epoch"] == best
 
 
 def test_segmenter_scores_dice_then_the_per_pixel_loss(tmp_path, ham_dir):
-    workflow = ham_workflow(tmp_path, ham_dir, ["train_segmenter.yaml"], segmenter_features=[4, 4, 8, 8, 16, 4])
+    workflow = ham_workflow(tmp_path, ham_dir, ["inference.yaml", "train_segmenter.yaml"], segmenter_features=[4, 4, 8, 8, 16, 4])
     workflow.initialize()
     epochs = record_epochs(workflow)
     workflow.run()

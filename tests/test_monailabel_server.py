@@ -97,7 +97,7 @@ def bundle_results(served, tmp_path_factory):
         studies = [s for s, info in served["manifest"].items() if info["bundle"] == name]
         inference_dir = out / name
         run_workflow(bundle_workflow(CONFIGS[name], TINY_SETTINGS[name], served["roots"][name], served["datasets"][name],
-                                     ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+                                     ["inference.yaml"], workflow_type="infer",
                                      input=[str(served["studies"] / s) for s in studies], inference_dir=str(inference_dir)))
         rows = list(csv.DictReader(open(inference_dir / "predictions.csv")))
         for study in studies:

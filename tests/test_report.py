@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segx_monai.handlers.contract import pair_stem
 from segx_monai.report import build_report, main
 from segx_monai.report.interpretation import load_samples, summarize
 
@@ -147,16 +148,19 @@ def test_bootstrap_is_seeded(tmp_path):
 
 
 def test_findings_get_their_own_tables(tmp_path):
-    # multi-label: two rows (findings) per image, the gallery shows each image once
-    rows = [f"{row},{finding}" for row in ROWS[:4] for finding in ("Effusion", "Nodule")]
-    folder = write_folder(tmp_path, rows, header=HEADER + ",finding")
+    # multi-label: two rows (findings) per image, the gallery shows each image once, with the overlay of the finding
+    # the row explains, named as the explanation saver names it
+    rows = [f"{row},{finding}" for row in ROWS[:4] for finding in ("Effusion", "Pleural thickening")]
+    overlays = [pair_stem("a01", "Pleural thickening"), pair_stem("a04", "Effusion")]
+    folder = write_folder(tmp_path, rows, header=HEADER + ",finding", overlays=overlays)
     html = build_report(folder, n_bootstrap=50).read_text()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["counts"]["rows"] == 8 and summary["counts"]["images"] == 4
-    assert set(summary["by_finding"]) == {"Effusion", "Nodule"}
-    assert summary["by_finding"]["Nodule"]["counts"]["rows"] == 4
-    assert "Finding Nodule: localisation, raw vs SegX" in html
+    assert set(summary["by_finding"]) == {"Effusion", "Pleural thickening"}
+    assert summary["by_finding"]["Pleural thickening"]["counts"]["rows"] == 4
+    assert "Finding Pleural thickening: localisation, raw vs SegX" in html
     assert summary["gallery"]["best"] == ["a01", "a04"]
+    assert "a01 (Pleural thickening): label mel" in html and "a04 (Effusion): label mel" in html
 
 
 def test_cli_prints_the_report_path(tmp_path, capsys):

@@ -13,12 +13,12 @@ import pytest
 from ignite.engine import Engine
 from PIL import Image
 
-from conftest import CHEST_CONFIGS, HAM_CONFIGS, REPO, ham_workflow
+from conftest import CHEST_CONFIGS, HAM_CONFIGS, REPO, TRAIN_SEGMENTER
 from segx_monai.bundle.errors import ConfigError, error_line, root_cause
 from segx_monai.handlers.writers import SampleTableWriter
-from segx_monai.search import SearchError
+from segx_monai.search import SearchError, search
 
-INFER = ["train_classifier.yaml", "inference.yaml"]
+INFER = ["inference.yaml"]
 
 
 def bundle_run(configs_dir: Path, configs: list[str], run_id: str, bundle_root: Path, *args: str) -> tuple[int, str, str]:
@@ -38,7 +38,7 @@ def test_inference_without_its_checkpoint_fails_naming_it(tmp_path):
     inputs = repr([image_file(tmp_path / "a.png")])
     code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", tmp_path / "root", "--input", inputs)
     assert code != 0, out[-3000:]
-    assert last.startswith("error: ") and str(tmp_path / "root" / "models" / "classifier.pt") in last, out[-3000:]
+    assert last.startswith("error: ") and str(tmp_path / "root" / "models" / "model.pt") in last, out[-3000:]
     assert not (tmp_path / "root" / "inference" / "predictions.csv").exists()
 
 
@@ -48,7 +48,7 @@ def test_inference_stops_at_an_unreadable_input_with_no_table(trained_ham_bundle
     good = next((ham_dir / "HAM10000_images_part_1").glob("*.jpg"))
     out_dir = tmp_path / "inference"
     code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", trained_ham_bundle, "--dataset_dir", str(ham_dir),
-                                 "--batch_size", "8", "--input", repr([str(good), str(bad)]), "--inference_dir", str(out_dir))
+                                 "--inference_batch_size", "8", "--input", repr([str(good), str(bad)]), "--inference_dir", str(out_dir))
     assert code != 0, out[-3000:]
     assert last.startswith("error: ") and "broken.jpg" in last, out[-3000:]
     assert not (out_dir / "predictions.csv").exists()
@@ -56,9 +56,9 @@ def test_inference_stops_at_an_unreadable_input_with_no_table(trained_ham_bundle
 
 @pytest.mark.parametrize("configs, run_id, args, expected", [
     (INFER, "inferring", ["--q", "2.0"], ["--q: no such config key", "top_fraction"]),
-    (["train_classifier.yaml", "interpret.yaml"], "interpreting", ["--explainer_name", "nonsense"], ["'nonsense'", "gradcam", "gradient_shap"]),
-    (["train_classifier.yaml"], "training", ["--image_size", "abc"], ["--image_size 'abc'", "integer"]),
-    (["train_classifier.yaml"], "training", ["--ckpt_dir", "FILE"], ["ckpt_dir", "is a file"]),
+    (["inference.yaml", "interpret.yaml"], "interpreting", ["--explainer_name", "nonsense"], ["'nonsense'", "gradcam", "gradient_shap"]),
+    (["inference.yaml", "train_classifier.yaml"], "training", ["--image_size", "abc"], ["--image_size 'abc'", "integer"]),
+    (["inference.yaml", "train_classifier.yaml"], "training", ["--ckpt_dir", "FILE"], ["ckpt_dir", "is a file"]),
 ])
 def test_refused_before_any_work(configs, run_id, args, expected, tmp_path):
     a_file = tmp_path / "models.txt"
@@ -74,19 +74,17 @@ def test_chest_inference_without_its_models_fails_naming_them(tmp_path):
     image = tmp_path / "study.png"
     Image.new("L", (64, 64), 90).save(image)
     code, last, out = bundle_run(CHEST_CONFIGS, INFER, "inferring", tmp_path / "root", "--input", repr([str(image)]),
-                                 "--learning_rate", "1.0e-4")  # a number where a number is expected passes
+                                 "--top_fraction", "0.1")  # a number where a number is expected passes
     assert code != 0, out[-3000:]
     assert last.startswith("error: ") and str(tmp_path / "root" / "models") in last, out[-3000:]  # thresholds or classifier
     assert not list((tmp_path / "root").rglob("*.csv"))
 
 
 def test_a_search_whose_every_trial_fails_fails(ham_dir, tmp_path):
-    search = {"train_config": str(HAM_CONFIGS / "train_segmenter.yaml"), "space": {"batch_size": [0]}, "heartbeat_interval": 1}
-    workflow = ham_workflow(tmp_path, ham_dir, ["train_segmenter.yaml", "search.yaml"], run_id="searching", segmenter_features=[8, 8, 16, 16, 32, 8],
-                            **{f"search#{k}": v for k, v in search.items()})
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
+    configs = [str(HAM_CONFIGS / c) for c in [*TRAIN_SEGMENTER, "search.yaml"]]
+    with pytest.raises(SearchError) as info:
+        search(configs, {"bundle_root": str(tmp_path), "dataset_dir": str(ham_dir), "image_size": 32, "max_epochs": 1,
+                         "segmenter_features": [8, 8, 16, 16, 32, 8], "search#space": {"batch_size": [0]}, "search#heartbeat_interval": 1})
     cause = root_cause(info.value)
     assert isinstance(cause, SearchError) and "every trial" in str(cause) and "batch_size" in str(cause), repr(cause)
 
@@ -144,7 +142,7 @@ def test_sample_table_is_written_whole_or_not_at_all(tmp_path):
 def test_inference_with_a_truncated_model_fails_naming_it(trained_ham_bundle, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(trained_ham_bundle / "models", root / "models")
-    model = root / "models" / "classifier.pt"
+    model = root / "models" / "model.pt"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # a save cut short
     code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", root, "--input", repr([image_file(tmp_path / "a.png")]))
     assert code != 0, out[-3000:]
@@ -154,7 +152,7 @@ def test_inference_with_a_truncated_model_fails_naming_it(trained_ham_bundle, tm
 def test_monai_tracking_settings_are_accepted_with_tracking_only():
     from segx_monai.bundle.errors import check_overrides
 
-    config = [str(HAM_CONFIGS / "train_classifier.yaml")]
+    config = [str(HAM_CONFIGS / "inference.yaml"), str(HAM_CONFIGS / "train_classifier.yaml")]
     check_overrides(config, {"tracking": "mlflow", "experiment_name": "segx", "run_name": "a", "max_epochs": 2})
     with pytest.raises(ConfigError, match="--experiment_name: no such config key"):
         check_overrides(config, {"experiment_name": "segx"})

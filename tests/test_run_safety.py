@@ -25,7 +25,7 @@ from segx_monai.utils.files import sha256_file
 from segx_monai.utils.lock import RunLock, RunLockedError
 from segx_monai.utils.staging import StagedDirectory
 
-TINY_ARGS = ["--image_size", "32", "--batch_size", "8", "--num_workers", "0"]
+TINY_ARGS = ["--image_size", "32", "--num_workers", "0"]  # and, for a training, --batch_size 8
 
 
 class _Records(logging.Handler):
@@ -77,7 +77,7 @@ def bundle_run(workflow: str, configs: list[str], bundle_root: Path, dataset_dir
     """``python -m monai.bundle run <workflow>`` of the HAM bundle, in its own session (killed as a group)."""
     config_file = str([str(HAM_CONFIGS / c) for c in configs]) if len(configs) > 1 else str(HAM_CONFIGS / configs[0])
     command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config_file, "--bundle_root", str(bundle_root),
-               "--dataset_dir", str(dataset_dir), *TINY_ARGS, *args]
+               "--dataset_dir", str(dataset_dir), *TINY_ARGS, *(["--batch_size", "8"] if workflow == "training" else []), *args]
     return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -259,11 +259,11 @@ def test_training_killed_while_saving_is_refused_twice_and_resumes_from_its_last
     restart takes over the dead run's lock, resumes after the last complete epoch, and its best model is the one
     its resume state records."""
     checkpoints, lock = tmp_path / "runs" / "classifier" / "checkpoints", tmp_path / "runs" / "classifier.lock"
-    child = bundle_run("training", ["train_classifier.yaml"], tmp_path, ham_dir, "--max_epochs", "4", log=tmp_path / "first.log")
+    child = bundle_run("training", ["inference.yaml", "train_classifier.yaml"], tmp_path, ham_dir, "--max_epochs", "4", log=tmp_path / "first.log")
     try:
         wait_for(lock.exists, child, poll=0.05)
         with pytest.raises(Exception) as refused:
-            run_workflow(ham_workflow(tmp_path, ham_dir, ["train_classifier.yaml"], max_epochs=4))
+            run_workflow(ham_workflow(tmp_path, ham_dir, ["inference.yaml", "train_classifier.yaml"], max_epochs=4))
         (error,) = [e for e in chain(refused.value) if isinstance(e, RunLockedError)]
         assert f"PID {child.pid}" in str(error) and "monai.bundle run training" in str(error)
         # the moment a resume point after the first is half-written
@@ -275,7 +275,7 @@ def test_training_killed_while_saving_is_refused_twice_and_resumes_from_its_last
     assert killed_at >= 1 and torch.load(latest_epoch_checkpoint(checkpoints), weights_only=True)["trainer"]["iteration"] > 0
     assert lock.exists() and partial_files(tmp_path)
 
-    workflow = ham_workflow(tmp_path, ham_dir, ["train_classifier.yaml"], max_epochs=killed_at + 1)
+    workflow = ham_workflow(tmp_path, ham_dir, ["inference.yaml", "train_classifier.yaml"], max_epochs=killed_at + 1)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epochs = []
@@ -288,7 +288,7 @@ def test_training_killed_while_saving_is_refused_twice_and_resumes_from_its_last
     assert partial_files(tmp_path) == [] and not lock.exists()
     assert [p.name for p in epoch_checkpoints(checkpoints)] == [f"resume_checkpoint_{killed_at + 1}.pt"]
     record = torch.load(latest_epoch_checkpoint(checkpoints), weights_only=True)["key_metric_tracking"]
-    best = tmp_path / "models" / "classifier.pt"
+    best = tmp_path / "models" / "model.pt"
     torch.load(best, weights_only=True)
     assert sha256_file(best) == record["sha256"]
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
@@ -298,20 +298,20 @@ def test_training_killed_while_saving_is_refused_twice_and_resumes_from_its_last
 @pytest.mark.slow
 def test_interpretation_killed_midway_leaves_the_previous_complete_folder(trained_ham_bundle, ham_dir, tmp_path):
     out = tmp_path / "interpret"
-    overrides = {"interpret_dir": str(out), "interpret_batch_size": 1}
-    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["train_classifier.yaml", "interpret.yaml"], **overrides))
+    overrides = {"interpret_dir": str(out), "inference_batch_size": 1}
+    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["inference.yaml", "interpret.yaml"], **overrides))
     before = _tree(out)
     assert {"report.html", "samples.csv", "run.json"} <= set(before)
     staging = tmp_path / ".interpret.partial"
-    child = bundle_run("interpreting", ["train_classifier.yaml", "interpret.yaml"], trained_ham_bundle, ham_dir,
-                       "--interpret_dir", str(out), "--interpret_batch_size", "1", "--segx_variant", "intersect", log=tmp_path / "killed.log")
+    child = bundle_run("interpreting", ["inference.yaml", "interpret.yaml"], trained_ham_bundle, ham_dir,
+                       "--interpret_dir", str(out), "--inference_batch_size", "1", "--segx_variant", "intersect", log=tmp_path / "killed.log")
     try:  # killed once new maps (other SegX maps: another variant) exist
         wait_for(lambda: (staging / "maps").is_dir() and any((staging / "maps").iterdir()), child)
     finally:
         kill(child)
     assert _tree(out) == before
     with logged("segx_monai.utils.staging", "segx_monai.utils.lock") as records:
-        run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["train_classifier.yaml", "interpret.yaml"], **overrides))
+        run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["inference.yaml", "interpret.yaml"], **overrides))
     assert "unfinished output" in records.text and f"left by PID {child.pid}" in records.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["interpret", "killed.log"]
     assert set(_tree(out)) == set(before)
@@ -370,7 +370,7 @@ def test_a_training_is_refused_while_another_output_writes_its_model(tmp_path, h
         lock.parent.mkdir()
         lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "argv": None,
                                     "command": "fine-tuning", "started": "now", "token": "x"}))
-        workflow = ham_workflow(tmp_path, ham_dir, ["train_segmenter.yaml"])
+        workflow = ham_workflow(tmp_path, ham_dir, ["inference.yaml", "train_segmenter.yaml"])
         workflow.initialize()
         with pytest.raises(Exception) as info:
             workflow.run()

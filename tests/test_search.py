@@ -1,5 +1,6 @@
-"""Hyper-parameter search (search.yaml): grid trials end to end and resumed, two workers, a worker killed mid-trial,
-pruning and a failing trial, the best-values overlay, the untouched test fold, bad input, PostgreSQL storage."""
+"""Hyper-parameter search (search.yaml): called from Python with explicit config files and overrides, grid trials end
+to end and resumed, two workers, a worker killed mid-trial, pruning and a failing trial, the best-values overlay, the
+untouched test fold, bad input, PostgreSQL storage."""
 
 from __future__ import annotations
 
@@ -24,29 +25,29 @@ from monai.bundle import ConfigParser
 from optuna.trial import TrialState
 
 import segx_monai.data.datalist as datalist
-from conftest import CHEST_CONFIGS, HAM_CONFIGS, REPO, TINY, chest_workflow, ham_workflow
-from segx_monai.search import SearchError, SearchSettings
+import segx_monai.search.study as search_study
+from conftest import CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, REPO, TINY, TRAIN_CONFIGS, cli_settings
+from segx_monai.bundle.errors import ConfigError
 from segx_monai.cli import main as segx_monai_cli
+from segx_monai.search import SearchError, SearchSettings, search
+from segx_monai.search.cli import worker_command
 from segx_monai.search.study import open_storage, open_study
 
-SEGMENTER = str(HAM_CONFIGS / "train_segmenter.yaml")
-CLASSIFIER = str(HAM_CONFIGS / "train_classifier.yaml")
+SEGMENTER = [str(HAM_CONFIGS / c) for c in TRAIN_CONFIGS["segmenter"]]  # inference.yaml, train_segmenter.yaml
+CLASSIFIER = [str(HAM_CONFIGS / c) for c in TRAIN_CONFIGS["classifier"]]
+SEARCH = str(HAM_CONFIGS / "search.yaml")
 NARROW = [8, 8, 16, 16, 32, 8]  # a narrower U-Net than the bundle's, for speed
 GRID = {"learning_rate": [1.0e-3, 1.0e-2]}
 
 
-def search_workflow(bundle_root: Path, ham_dir: Path, config: str = SEGMENTER, search: dict | None = None, **overrides):
-    """The bundle's ``searching`` workflow on the tiny data: ``search`` holds ``search#<key>`` values, ``overrides`` train ones."""
-    search = {"train_config": config, "space": GRID, "heartbeat_interval": 1, **(search or {})}
-    extra = {"segmenter_features": NARROW} if config == SEGMENTER else {}
-    return ham_workflow(bundle_root, ham_dir, [Path(config).name, "search.yaml"], run_id="searching",
-                        **extra, **overrides, **{f"search#{k}": v for k, v in search.items()})
-
-
-def run_search_workflow(workflow):
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+def ham_search(bundle_root: Path, ham_dir: Path, train_config: list[str] = SEGMENTER, search_settings: dict | None = None, **overrides) -> optuna.Study:
+    """``search`` of the HAM bundle on the tiny data: ``search_settings`` holds ``search#<key>`` values, ``overrides`` train ones."""
+    config_files = [*train_config, SEARCH]
+    tiny = cli_settings(HAM_CONFIGS, [Path(f).name for f in config_files], TINY)
+    extra = {"segmenter_features": NARROW} if train_config == SEGMENTER else {}
+    settings = {"space": GRID, "heartbeat_interval": 1, **(search_settings or {})}
+    return search(config_files, {"bundle_root": str(bundle_root), "dataset_dir": str(ham_dir), **tiny, **extra, **overrides,
+                                 **{f"search#{k}": v for k, v in settings.items()}})
 
 
 def load(bundle_root: Path, study_name: str = "segmenter", network: str = "segmenter") -> optuna.Study:
@@ -59,21 +60,36 @@ def complete_values(study: optuna.Study) -> list:
 
 
 def cli_overrides(bundle_root: Path, ham_dir: Path, max_epochs: int = 1) -> list[str]:
-    """The tiny settings as ``--key value`` pairs of ``python -m monai.bundle run``."""
+    """The tiny settings as ``--key value`` pairs of ``python -m monai.bundle run_workflow``."""
     return ["--bundle_root", str(bundle_root), "--dataset_dir", str(ham_dir), "--image_size", str(TINY["image_size"]),
             "--max_epochs", str(max_epochs), "--batch_size", str(TINY["batch_size"]), "--segmenter_features", str(NARROW),
             "--search#space", str(GRID), "--search#heartbeat_interval", "1"]
 
 
-def search_error(workflow) -> SearchError:
-    """The SearchError that running ``workflow`` raised (MONAI wraps it in the failed expression's RuntimeError)."""
-    with pytest.raises(Exception) as info:
-        run_search_workflow(workflow)
-    error = info.value
-    while error is not None and not isinstance(error, SearchError):
-        error = error.__cause__
-    assert error is not None, f"expected a SearchError, got {info.value!r}"
-    return error
+def search_error(bundle_root: Path, ham_dir: Path, **kwargs) -> SearchError:
+    """The SearchError that :func:`ham_search` raised."""
+    with pytest.raises(SearchError) as info:
+        ham_search(bundle_root, ham_dir, **kwargs)
+    return info.value
+
+
+def test_search_from_python_gives_every_trial_its_overrides(ham_dir, tmp_path, monkeypatch):
+    trials = []  # every train workflow the search builds: one to check the space's ids, then one per trial
+    make = search_study.trial_workflow
+    monkeypatch.setattr(search_study, "trial_workflow", lambda *args: trials.append(make(*args)) or trials[-1])
+    for size in (32, 48):
+        study = ham_search(tmp_path / str(size), ham_dir, search_settings={"n_trials": 1}, image_size=size)
+        assert study.study_name == "segmenter" and [t.state for t in study.trials] == [TrialState.COMPLETE]
+    trained = [w for w in trials if Path(w.parser["output_dir"]).name == "trial_0000"]
+    assert [w.parser.get_parsed_content("image_size") for w in trained] == [32, 48]
+    assert [tuple(w.parser.get_parsed_content("train#dataset")[0]["image"].shape[-2:]) for w in trained] == [(32, 32), (48, 48)]
+    assert all(w.parser.get_parsed_content("segmenter_features") == NARROW and "search" not in w.parser for w in trained)
+
+
+def test_an_unknown_override_from_python_is_refused_before_training(ham_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--imag_size: no such config key; nearest: image_size"):
+        ham_search(tmp_path, ham_dir, imag_size=48)
+    assert not (tmp_path / "search").exists()
 
 
 def test_grid_search_end_to_end_resumes_exports_the_best_values_and_never_reads_the_test_fold(ham_dir, tmp_path, monkeypatch, capsys):
@@ -81,13 +97,13 @@ def test_grid_search_end_to_end_resumes_exports_the_best_values_and_never_reads_
     load_fold = datalist.load_fold
     monkeypatch.setattr(datalist, "load_fold", lambda path, fold, *a, **k: folds.append(fold) or load_fold(path, fold, *a, **k))
 
-    run_search_workflow(search_workflow(tmp_path, ham_dir, search={"n_trials": 1}))
+    ham_search(tmp_path, ham_dir, search_settings={"n_trials": 1})
     first = load(tmp_path).trials
     assert [t.state for t in first] == [TrialState.COMPLETE]
     report = tmp_path / "search" / "segmenter" / "report"
     assert "needs two complete trials" in (report / "param_importances.txt").read_text()  # one trial: no importance yet
-    run_search_workflow(search_workflow(tmp_path, ham_dir, search={"n_trials": 2}))  # the same command with more trials continues the study
-    run_search_workflow(search_workflow(tmp_path, ham_dir, search={"n_trials": 2}))  # and once it has them, adds none
+    ham_search(tmp_path, ham_dir, search_settings={"n_trials": 2})  # the same search with more trials continues the study
+    ham_search(tmp_path, ham_dir, search_settings={"n_trials": 2})  # and once it has them, adds none
     study = load(tmp_path)
     assert len(study.trials) == 2 and study.trials[0].value == first[0].value
     assert complete_values(study) == GRID["learning_rate"]
@@ -110,18 +126,19 @@ def test_grid_search_end_to_end_resumes_exports_the_best_values_and_never_reads_
     header = overlay.read_text().splitlines()[0]
     assert "'segmenter'" in header and f"trial {study.best_trial.number}" in header
     parser = ConfigParser()
-    parser.read_config([SEGMENTER, str(overlay)])
+    parser.read_config([*SEGMENTER, str(overlay)])
     assert parser.get_parsed_content("learning_rate") == study.best_trial.params["learning_rate"]
-    assert parser.get_parsed_content("batch_size") == ConfigParser.load_config_file(SEGMENTER)["batch_size"]
+    assert parser.get_parsed_content("batch_size") == ConfigParser.load_config_files(SEGMENTER)["batch_size"]
+    assert str([*SEGMENTER, str(overlay)]) in overlay.read_text()  # its header's training command composes the train configs
 
 
 @pytest.mark.parametrize("network", ["classifier", "segmenter"])
 def test_the_chest_bundle_searches_each_network(chest_dir, tmp_path, network):
-    config = str(CHEST_CONFIGS / f"train_{network}.yaml")
+    names = [*TRAIN_CONFIGS[network], "search.yaml"]
     extra = {"segmenter_features": NARROW} if network == "segmenter" else {}
-    run_search_workflow(chest_workflow(tmp_path, chest_dir, [Path(config).name, "search.yaml"], run_id="searching", **extra,
-                                       **{"search#train_config": config, "search#space": GRID, "search#heartbeat_interval": 1}))
-    study = load(tmp_path, network, network)
+    study = search([str(CHEST_CONFIGS / c) for c in names], {"bundle_root": str(tmp_path), "dataset_dir": str(chest_dir), **extra,
+                   **cli_settings(CHEST_CONFIGS, names, CHEST_TINY), "search#space": GRID, "search#heartbeat_interval": 1})
+    assert study.study_name == network and load(tmp_path, network, network).trials == study.trials
     assert complete_values(study) == GRID["learning_rate"]
     assert all(t.value is not None and 0 <= t.value <= 1 for t in study.trials)
     overlay = ConfigParser.load_config_file(str(tmp_path / "search" / f"best_hparams_{network}.yaml"))
@@ -131,16 +148,34 @@ def test_the_chest_bundle_searches_each_network(chest_dir, tmp_path, network):
 def test_two_workers_share_the_study(ham_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with pytest.raises(SystemExit) as exit_:
-        segx_monai_cli(["search", SEGMENTER, "--workers", "2", *cli_overrides(tmp_path, ham_dir)])  # segx-monai search ...
+        segx_monai_cli(["search", SEGMENTER[-1], "--workers", "2", *cli_overrides(tmp_path, ham_dir)])  # segx-monai search ...
     assert exit_.value.code == 0
     study = load(tmp_path)
     assert complete_values(study) == GRID["learning_rate"]  # each point trained once, by one of the two processes
     assert all(t.state == TrialState.COMPLETE or "surplus" in t.user_attrs for t in study.trials)
 
 
+def test_segx_monai_search_composes_the_bundle_configs(monkeypatch):
+    commands = []
+
+    class Worker:  # records the worker's command instead of running it
+        def __init__(self, command):
+            commands.append(command)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Worker)
+    for train_config in (SEGMENTER[-1], str(SEGMENTER)):  # train_segmenter.yaml, or the list of config files
+        with pytest.raises(SystemExit) as exit_:
+            segx_monai_cli(["search", train_config, "--workers", "2", "--image_size", "48"])
+        assert exit_.value.code == 0
+    # inference.yaml beside it first, search.yaml last, and from the repository root the bundle's folder as bundle_root
+    assert commands == [worker_command([*SEGMENTER, SEARCH], ["--bundle_root", str(HAM_CONFIGS.parent), "--image_size", "48"])] * 4
+
+
 def test_worker_killed_mid_trial_loses_nothing_on_resume(ham_dir, tmp_path):
-    command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", str([SEGMENTER, str(HAM_CONFIGS / "search.yaml")]),
-               "--search#train_config", SEGMENTER, *cli_overrides(tmp_path, ham_dir)]
+    command = worker_command([*SEGMENTER, SEARCH], cli_overrides(tmp_path, ham_dir))  # python -m monai.bundle run_workflow ...
     log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -160,7 +195,7 @@ def test_worker_killed_mid_trial_loses_nothing_on_resume(ham_dir, tmp_path):
     assert states == [TrialState.COMPLETE, TrialState.RUNNING], (states, (tmp_path / "worker.log").read_text()[-3000:])
     completed_before = load(tmp_path).trials[0]
 
-    run_search_workflow(search_workflow(tmp_path, ham_dir))  # the same search, started again
+    ham_search(tmp_path, ham_dir)  # the same search, started again
     trials = load(tmp_path).trials
     assert trials[0].state == TrialState.COMPLETE and trials[0].value == completed_before.value
     assert trials[1].state == TrialState.FAIL  # the killed trial, failed once its heartbeat stopped ...
@@ -171,7 +206,7 @@ def test_worker_killed_mid_trial_loses_nothing_on_resume(ham_dir, tmp_path):
 
 def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(ham_dir, tmp_path):
     always_prune = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 2.0}  # every val_dice (<= 1) is below it
-    run_search_workflow(search_workflow(tmp_path, ham_dir, search={"space": {"batch_size": [0, 8]}, "pruner": always_prune}, max_epochs=2))
+    ham_search(tmp_path, ham_dir, search_settings={"space": {"batch_size": [0, 8]}, "pruner": always_prune}, max_epochs=2)
     trials = {t.params["batch_size"]: t for t in load(tmp_path).trials}
     assert trials[0].state == TrialState.FAIL and "batch_size" in trials[0].user_attrs["error"]
     assert trials[8].state == TrialState.PRUNED and sorted(trials[8].intermediate_values) == [1]  # stopped after epoch 1 of 2
@@ -179,7 +214,7 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(ham_dir, tm
     assert "pruned after epoch 1" in (tmp_path / "search" / "segmenter" / "report" / "trials.csv").read_text()
 
 
-@pytest.mark.parametrize("search, message", [
+@pytest.mark.parametrize("settings, message", [
     ({"space": {"learnin_rate": [0.1]}}, r"\['learnin_rate'\] not found in the train config"),
     ({"space": {"learning_rate": []}}, "search#space#learning_rate: empty grid list"),
     ({"space": {"learning_rate": {"low": 0.1, "high": 0.01}}, "sampler": "tpe", "n_trials": 2}, "low 0.1 > high 0.01"),
@@ -187,8 +222,8 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(ham_dir, tm
     ({"space": {"dataset_dir": ["a", "b"]}}, "cannot be searched"),
     ({"storage": "postgresql+psycopg2://search:secret@127.0.0.1:9/nowhere"}, r"search#storage postgresql\+psycopg2://search:\*\*\*@127.0.0.1:9/nowhere: cannot open it"),
 ])
-def test_bad_input_is_refused_before_training(ham_dir, tmp_path, search, message):
-    error = search_error(search_workflow(tmp_path, ham_dir, config=CLASSIFIER, search=search))
+def test_bad_input_is_refused_before_training(ham_dir, tmp_path, settings, message):
+    error = search_error(tmp_path, ham_dir, train_config=CLASSIFIER, search_settings=settings)
     assert re.search(message, str(error)), str(error)
     assert not (tmp_path / "search" / "classifier").exists()  # no trial folder: nothing trained
 
@@ -199,7 +234,7 @@ def test_a_study_of_another_search_space_is_refused(ham_dir, tmp_path):
                                            "train_config": SEGMENTER, "output_dir": str(tmp_path), "network": "segmenter",
                                            "best_overlay": str(tmp_path / "o.yaml")})
     open_study(open_storage(storage_url, 1)[0], settings, storage_url)
-    error = search_error(search_workflow(tmp_path, ham_dir, search={"storage": storage_url}))
+    error = search_error(tmp_path, ham_dir, search_settings={"storage": storage_url})
     assert "study 'segmenter'" in str(error) and "another search#study_name" in str(error)
     assert optuna.load_study(study_name="segmenter", storage=storage_url).trials == []
 
@@ -245,7 +280,7 @@ def postgres_url():
 
 def test_postgresql_storage(ham_dir, tmp_path, postgres_url):
     study_name = f"segmenter-{uuid.uuid4().hex[:8]}"
-    run_search_workflow(search_workflow(tmp_path, ham_dir, search={"storage": postgres_url, "study_name": study_name, "n_trials": 1}))
+    ham_search(tmp_path, ham_dir, search_settings={"storage": postgres_url, "study_name": study_name, "n_trials": 1})
     study = optuna.load_study(study_name=study_name, storage=postgres_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
     assert study.user_attrs["definition"]["space"] == {"learning_rate": {"choices": GRID["learning_rate"]}}

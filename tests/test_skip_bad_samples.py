@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
-from conftest import chest_workflow, ham_workflow, run_workflow
+from conftest import INFER, INTERPRET, TRAIN_CLASSIFIER, chest_workflow, ham_workflow, run_workflow
 from segx_monai.data.readers import xray_readers
 from segx_monai.data.skipping import SKIPPED_KEY, CheckedDataset, SampleLoadError
 from segx_monai.io import DicomReadError, read_dicom, write_dicom_variant
@@ -171,14 +171,14 @@ def test_chest_inference_skips_bad_dicoms(trained_chest_bundle, chest_dir, tmp_p
         shutil.copy(path, folder / path.name)
     bad = {kind: bad_dicom(kind, folder / f"{kind}.dcm") for kind in DICOM_KINDS}
     out = tmp_path / "inference"
-    run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["train_classifier.yaml", "inference.yaml"],
+    run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml"],
                                 input=str(folder), inference_dir=str(out), skip_bad_samples=True))
     assert {row["image_id"] for row in read_csv(out / "predictions.csv")} == {p.stem for p in good}
     skipped = {Path(row["file"]).stem: row for row in read_csv(out / "skipped.csv")}
     assert set(skipped) == set(DICOM_KINDS)
     assert all(DICOM_KINDS[kind] in skipped[kind]["cause"] and skipped[kind]["fold"] == "input" for kind in DICOM_KINDS)
     first = min(bad.values())  # the folder is read in name order
-    fails_naming(chest_workflow(trained_chest_bundle, chest_dir, ["train_classifier.yaml", "inference.yaml"],
+    fails_naming(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml"],
                                 input=str(folder), inference_dir=str(tmp_path / "off")), first)
 
 
@@ -193,7 +193,7 @@ def test_chest_training_skips_bad_dicoms(chest_dir, tmp_path):
         (data / "train_data" / name).unlink()  # the indexer then finds the DICOM copy, dicom/<id>.dcm
         bad[kind] = bad_dicom(kind, data / "dicom" / f"{Path(name).stem}.dcm")
     root = tmp_path / "bundle"
-    workflow = run_workflow(chest_workflow(root, data, ["train_classifier.yaml"], skip_bad_samples=True))
+    workflow = run_workflow(chest_workflow(root, data, ["inference.yaml", "train_classifier.yaml"], skip_bad_samples=True))
     rows = read_csv(root / "runs" / "classifier" / "skipped.csv")
     assert sorted(row["file"] for row in rows) == sorted(str(p) for p in bad.values())
     assert {row["fold"] for row in rows} <= {"training", "validation"}
@@ -203,7 +203,7 @@ def test_chest_training_skips_bad_dicoms(chest_dir, tmp_path):
     datalist = _datalist(root)
     parsed = workflow.parser.get_parsed_content
     assert len(parsed("train#dataset")) + len(parsed("validate#dataset")) == len(datalist["training"]) + len(datalist["validation"]) - len(bad)
-    message = fails_naming(chest_workflow(root, data, ["train_classifier.yaml"], resume=False, output_dir=str(tmp_path / "off")),
+    message = fails_naming(chest_workflow(root, data, ["inference.yaml", "train_classifier.yaml"], resume=False, output_dir=str(tmp_path / "off")),
                            *bad.values())
     assert "skip_bad_samples" in message
 
@@ -214,30 +214,30 @@ def test_ham_segmenter_training_skips_a_truncated_mask(trained_ham_bundle, ham_d
     mask, not its image."""
     mask = damaged(ham_dir / next(i["mask"] for i in _datalist(trained_ham_bundle)["training"] if "mask" in i))
     settings = dict(ckpt_dir=str(tmp_path / "models"), resume=False)  # the shared bundle's models stay as they are
-    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["train_segmenter.yaml"], output_dir=str(tmp_path / "on"),
+    run_workflow(ham_workflow(trained_ham_bundle, ham_dir, ["inference.yaml", "train_segmenter.yaml"], output_dir=str(tmp_path / "on"),
                               skip_bad_samples=True, **settings))
     rows = read_csv(tmp_path / "on" / "skipped.csv")
     assert [(row["fold"], row["file"]) for row in rows] == [("training", str(mask))] and "truncated" in rows[0]["cause"]
-    fails_naming(ham_workflow(trained_ham_bundle, ham_dir, ["train_segmenter.yaml"], output_dir=str(tmp_path / "off"), **settings), mask)
+    fails_naming(ham_workflow(trained_ham_bundle, ham_dir, ["inference.yaml", "train_segmenter.yaml"], output_dir=str(tmp_path / "off"), **settings), mask)
 
 
 @pytest.mark.slow
 def test_ham_evaluation_interpretation_and_inference_skip_unreadable_images(trained_ham_bundle, ham_dir, damaged, tmp_path):
-    root, classifier = trained_ham_bundle, ["train_classifier.yaml"]
+    root = trained_ham_bundle
     test_images = [ham_dir / i["image"] for i in _datalist(root)["test"]]
     bad = damaged(test_images[0])
 
     eval_dir = tmp_path / "eval"
-    workflow = run_workflow(ham_workflow(root, ham_dir, classifier + ["evaluate.yaml"], eval_dir=str(eval_dir), skip_bad_samples=True))
+    workflow = run_workflow(ham_workflow(root, ham_dir, TRAIN_CLASSIFIER + ["evaluate.yaml"], eval_dir=str(eval_dir), skip_bad_samples=True))
     assert [row["file"] for row in read_csv(eval_dir / "skipped.csv")] == [str(bad)] and (eval_dir / "metrics.csv").is_file()
     assert len(workflow.parser.get_parsed_content("validate#dataset")) == len(test_images) - 1
-    fails_naming(ham_workflow(root, ham_dir, classifier + ["evaluate.yaml"], eval_dir=str(tmp_path / "eval_off")), bad)
+    fails_naming(ham_workflow(root, ham_dir, TRAIN_CLASSIFIER + ["evaluate.yaml"], eval_dir=str(tmp_path / "eval_off")), bad)
 
     interpret_dir = tmp_path / "interpret"
-    run_workflow(ham_workflow(root, ham_dir, classifier + ["interpret.yaml"], interpret_dir=str(interpret_dir), skip_bad_samples=True))
+    run_workflow(ham_workflow(root, ham_dir, INTERPRET, interpret_dir=str(interpret_dir), skip_bad_samples=True))
     assert {row["image_id"] for row in read_csv(interpret_dir / "samples.csv")} == {p.stem for p in test_images[1:]}
     assert [row["file"] for row in read_csv(interpret_dir / "skipped.csv")] == [str(bad)]
-    fails_naming(ham_workflow(root, ham_dir, classifier + ["interpret.yaml"], interpret_dir=str(tmp_path / "interpret_off")), bad)
+    fails_naming(ham_workflow(root, ham_dir, INTERPRET, interpret_dir=str(tmp_path / "interpret_off")), bad)
 
     folder = tmp_path / "new_images"
     folder.mkdir()
@@ -245,9 +245,9 @@ def test_ham_evaluation_interpretation_and_inference_skip_unreadable_images(trai
         shutil.copy(path, folder / path.name)
     (folder / "notes.png").write_text("not an image")
     out = tmp_path / "inference"
-    run_workflow(ham_workflow(root, ham_dir, classifier + ["inference.yaml"], input=str(folder), inference_dir=str(out), skip_bad_samples=True))
+    run_workflow(ham_workflow(root, ham_dir, INFER, input=str(folder), inference_dir=str(out), skip_bad_samples=True))
     assert {row["image_id"] for row in read_csv(out / "predictions.csv")} == {p.stem for p in test_images[1:3]}
     skipped = {Path(row["file"]).name: row["cause"] for row in read_csv(out / "skipped.csv")}
     assert set(skipped) == {bad.name, "notes.png"} and "truncated" in skipped[bad.name] and "cannot identify" in skipped["notes.png"]
-    fails_naming(ham_workflow(root, ham_dir, classifier + ["inference.yaml"], input=str(folder), inference_dir=str(tmp_path / "off")),
+    fails_naming(ham_workflow(root, ham_dir, INFER, input=str(folder), inference_dir=str(tmp_path / "off")),
                  folder / bad.name)

@@ -147,8 +147,8 @@ def copy_models(trained: Path, root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("configs", [["train_classifier.yaml", "evaluate.yaml"], ["train_classifier.yaml", "interpret.yaml"],
-                                     ["train_classifier.yaml", "inference.yaml"], ["train_segmenter.yaml", "evaluate.yaml"]])
+@pytest.mark.parametrize("configs", [["inference.yaml", "train_classifier.yaml", "evaluate.yaml"], ["inference.yaml", "interpret.yaml"],
+                                     ["inference.yaml"], ["inference.yaml", "train_segmenter.yaml", "evaluate.yaml"]])
 def test_a_model_is_refused_on_another_split(trained_ham_bundle, ham_dir, tmp_path, configs):
     root = copy_models(trained_ham_bundle, tmp_path / "bundle")
     error = run_error(ham_workflow(root, ham_dir, configs, split_seed=1))
@@ -160,7 +160,7 @@ def test_a_model_is_refused_on_another_split(trained_ham_bundle, ham_dir, tmp_pa
 def test_inference_on_given_images_needs_no_split(trained_ham_bundle, ham_dir, tmp_path):
     root = copy_models(trained_ham_bundle, tmp_path / "bundle")
     images = sorted(ham_dir.rglob("ISIC_*.jpg"))[:3]
-    run_workflow(ham_workflow(root, tmp_path / "no_such_data", ["train_classifier.yaml", "inference.yaml"], workflow_type="infer",
+    run_workflow(ham_workflow(root, tmp_path / "no_such_data", ["inference.yaml"], workflow_type="infer",
                              input=[str(p) for p in images]))
     assert len((root / "inference" / "predictions.csv").read_text().splitlines()) == 4
 
@@ -170,7 +170,7 @@ def test_evaluating_without_dataset_dir_is_refused(trained_ham_bundle, ham_dir, 
     root = copy_models(trained_ham_bundle, tmp_path / "bundle")
     generate_ham_like(root / "data" / "synthetic", n_images=40, image_size=(32, 24), seed=3)
     workflow = ConfigWorkflow(
-        config_file=[str(HAM_CONFIGS / c) for c in ("train_classifier.yaml", "evaluate.yaml")],
+        config_file=[str(HAM_CONFIGS / c) for c in ("inference.yaml", "train_classifier.yaml", "evaluate.yaml")],
         meta_file=str(HAM_CONFIGS / "metadata.json"), logging_file=str(HAM_CONFIGS / "logging.conf"),
         workflow_type="eval", bundle_root=str(root), **TINY,
     )

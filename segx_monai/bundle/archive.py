@@ -36,7 +36,7 @@ from segx_monai.utils.files import sha256_file, sha256_stream
 PARTS = ("configs", "docs", "models", "LICENSE")  # what a bundle folder contributes; large_files.yml is written anew
 MANIFEST = "manifest.json"
 LARGE_FILES = "large_files.yml"
-REQUIRED_WEIGHTS = ("models/classifier.pt", "models/segmenter.pt")  # what inference and interpretation load
+REQUIRED_WEIGHTS = ("models/model.pt", "models/segmenter.pt")  # what inference and interpretation load
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: packing the same files twice gives the same archive
 
 logger = logging.getLogger(__name__)

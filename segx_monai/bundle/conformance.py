@@ -1,13 +1,12 @@
-"""The MONAI Model Zoo's checks of a bundle folder, offline: necessary files, ``metadata.json`` against the zoo's
-metadata schema (kept in ``schemas/``), the version in the changelog, ``large_files.yml`` entries and the
-``docs/README.md`` sections of the zoo's readme template. ``segx-monai check <bundle>`` runs them; ``pack`` too."""
+"""The MONAI Model Zoo's static checks of a bundle folder, offline: necessary files, ``metadata.json`` against the
+zoo's metadata schema (kept in ``schemas/``), the version in the changelog, ``large_files.yml`` entries, the
+``docs/README.md`` sections of the zoo's readme template and the JSON formatting of its pre-commit hooks. ``pack``
+runs :func:`check_bundle`; ``segx-monai check`` (:mod:`segx_monai.bundle.zoo_ci`) runs them with the zoo's CI steps."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +23,10 @@ SCHEMA_SHA256 = {"meta_schema_20240725.json": "cd64aa8a5904426f6fc6855dabe46af8c
 NETWORK_FORMAT_KEY = re.compile(r"^[_a-zA-Z0-9]+_data_format$")
 # files the zoo's CI requires (ci/verify_bundle.py: necessary and preferred files) plus the readme it asks for
 NECESSARY_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
+PREFERRED_FILES = ("models/model.pt",)  # and an inference config; a trained bundle's weights, under the zoo's name
+# in the zoo's order of look-up: when several exist, its CI uses the last one found
 INFERENCE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
+JSON_INDENT = 4  # the zoo's pre-commit: pretty-format-json --autofix --no-sort-keys --indent=4, end-of-file-fixer
 LARGE_FILE_BYTES = 25 * 1024 * 1024  # the zoo keeps no single file over 25 MB in its repository
 HASH_TYPES = ("md5", "sha1", "sha256", "sha512")  # those MONAI's download_url checks
 # sections of the zoo's docs/readme_template.md, each as the accepted heading prefixes (case-insensitive)
@@ -68,11 +70,59 @@ def validate_metadata(meta_file: str | Path) -> list[str]:
     validator = jsonschema.validators.validator_for(schema)(schema)
     problems = [f"{meta_file}: {'#'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}"
                 for e in sorted(validator.iter_errors(metadata), key=lambda e: list(map(str, e.absolute_path)))]
-    if "version" in metadata and metadata["version"] not in metadata.get("changelog", {}):
-        problems.append(f"{meta_file}: changelog: no entry for version {metadata['version']!r}.")
     problems += [f"{meta_file}: {key}: not checked by the schema; a network's format key must match {NETWORK_FORMAT_KEY.pattern}."
                  for key in metadata if "data_format" in key and key != "network_data_format" and not NETWORK_FORMAT_KEY.match(key)]
     return problems
+
+
+def check_version(meta_file: str | Path) -> list[str]:
+    """The zoo's version rules of ``metadata.json``: a ``version``, a ``changelog``, and an entry for that version."""
+    meta_file = Path(meta_file)
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return [f"{meta_file}: not a readable JSON file ({e})."]
+    missing = [f"{meta_file}: no '{key}' key." for key in ("version", "changelog") if key not in metadata]
+    if missing:
+        return missing
+    if metadata["version"] not in metadata["changelog"]:
+        return [f"{meta_file}: changelog: no entry for version {metadata['version']!r}."]
+    return []
+
+
+def json_format_problems(path: str | Path) -> list[str]:
+    """How a JSON file differs from what the zoo's pre-commit hooks write: a single final newline and
+    ``json.dumps(..., indent=4)`` with the keys in their order and non-ASCII characters escaped."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        expected = json.dumps(json.loads(text), indent=JSON_INDENT, separators=(",", ": ")) + "\n"
+    except json.JSONDecodeError as e:
+        return [f"{path}: not valid JSON ({e})."]
+    if text == expected:
+        return []
+    if text.rstrip("\n") == expected.rstrip("\n"):
+        ending = "blank lines at the end" if text.endswith("\n") else "no final newline"
+        return [f"{path}: {ending} (the zoo's end-of-file-fixer)."]
+    line = next(i for i, (a, b) in enumerate(zip(text.splitlines() + [""], expected.splitlines() + [""]), 1) if a != b)
+    return [f"{path}: line {line} differs from pretty-format-json --no-sort-keys --indent={JSON_INDENT} (the zoo's pre-commit)."]
+
+
+def inference_config(bundle_dir: str | Path) -> Path | None:
+    """The bundle's inference config as the zoo's CI picks it (the last of :data:`INFERENCE_CONFIGS` that exists)."""
+    found = [Path(bundle_dir) / name for name in INFERENCE_CONFIGS if (Path(bundle_dir) / name).is_file()]
+    return found[-1] if found else None
+
+
+def check_files(bundle_dir: str | Path, preferred: bool = True) -> list[str]:
+    """The zoo's necessary files, and with ``preferred`` its preferred ones (trained weights), plus an inference
+    config, missing from a bundle folder."""
+    bundle_dir = Path(bundle_dir)
+    names = NECESSARY_FILES + (PREFERRED_FILES if preferred else ())
+    missing = [f"{bundle_dir}: no {name}." for name in names if not (bundle_dir / name).is_file()]
+    if inference_config(bundle_dir) is None:
+        missing.append(f"{bundle_dir}: no inference config ({' or '.join(INFERENCE_CONFIGS)}).")
+    return missing
 
 
 def parse_large_files(text: str, where: str | Path) -> list[dict]:
@@ -124,21 +174,10 @@ def check_readme(readme: str | Path) -> list[str]:
 
 
 def check_bundle(bundle_dir: str | Path) -> list[str]:
-    """Every problem the zoo's checks would find in a bundle folder; an empty list when it conforms."""
+    """Every problem the zoo's static checks (no weights, no code run) find in a bundle folder; empty when it conforms."""
     bundle_dir = Path(bundle_dir)
-    missing = [f"{bundle_dir}: no {name}." for name in NECESSARY_FILES if not (bundle_dir / name).is_file()]
-    if not any((bundle_dir / name).is_file() for name in INFERENCE_CONFIGS):
-        missing.append(f"{bundle_dir}: no inference config ({' or '.join(INFERENCE_CONFIGS)}).")
+    missing = check_files(bundle_dir, preferred=False)
     if missing:
         return missing
-    return validate_metadata(bundle_dir / "configs" / "metadata.json") + check_large_files(bundle_dir) + check_readme(bundle_dir / "docs" / "README.md")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``segx-monai check <bundle> ...``: print the zoo conformance problems of each bundle; exit 1 if any."""
-    parser = argparse.ArgumentParser(prog="segx-monai check", description="Check bundle folders against the MONAI Model Zoo's requirements, offline.")
-    parser.add_argument("bundles", nargs="+", help="bundle folders, e.g. bundles/ham_segx")
-    args = parser.parse_args(argv)
-    problems = [p for bundle in args.bundles for p in check_bundle(bundle)]
-    print("\n".join(problems) if problems else f"{', '.join(args.bundles)}: conforms to the Model Zoo's checks.")
-    raise SystemExit(1 if problems else 0)
+    meta_file = bundle_dir / "configs" / "metadata.json"
+    return check_version(meta_file) + validate_metadata(meta_file) + check_large_files(bundle_dir) + check_readme(bundle_dir / "docs" / "README.md")

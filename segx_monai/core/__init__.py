@@ -1,5 +1,6 @@
 """Core maths: SegX (explanation restricted to the clinical region) and SegU (certainty from their overlap)."""
 
+from segx_monai.core.maps import minmax_normalize, per_sample_quantile, resize_maps, top_fraction_mask
 from segx_monai.core.segu import (
     compute_cauitc,
     compute_ciou,
@@ -13,10 +14,7 @@ from segx_monai.core.segx import (
     SegXResult,
     align_map_to_mask,
     dilate_disk,
-    minmax_normalize,
-    per_sample_quantile,
     segx,
-    top_fraction_mask,
 )
 
 __all__ = [
@@ -29,6 +27,7 @@ __all__ = [
     "iou",
     "minmax_normalize",
     "per_sample_quantile",
+    "resize_maps",
     "segx",
     "threshold_curve_area",
     "threshold_curve_iou",

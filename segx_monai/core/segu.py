@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_iou
 
-from segx_monai.core.segx import align_map_to_mask, minmax_normalize, top_fraction_mask
+from segx_monai.core.maps import minmax_normalize, top_fraction_mask
+from segx_monai.core.segx import align_map_to_mask
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,32 +6,15 @@ function works per sample, on the whole batch at once, on the inputs' device.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
+from segx_monai.core.maps import check_batched, check_fraction, per_sample, resize_maps, top_fraction_mask
+
 VARIANTS = ("rethreshold", "intersect")
-
-
-def _check_batched(tensor: torch.Tensor, name: str) -> None:
-    """Raise unless ``tensor`` is a single-channel batch with 2 or 3 spatial dims."""
-    if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (4, 5) or tensor.shape[1] != 1:
-        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ValueError(f"{name} must be a (B, 1, H, W) or (B, 1, D, H, W) tensor, got {shape}.")
-
-
-def _check_fraction(q: float) -> None:
-    """Raise unless ``q`` lies strictly between 0 and 1."""
-    if not 0 < q < 1:
-        raise ValueError(f"q must lie in (0, 1), got {q}.")
-
-
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape ``(B,)`` values to broadcast against the batch ``like``."""
-    return values.view(-1, *[1] * (like.ndim - 1))
 
 
 def align_map_to_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -40,56 +23,14 @@ def align_map_to_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     When spatial sizes differ the *map* is resampled (bilinear in 2D, trilinear in 3D, ``align_corners=False``),
     never the mask, so the clinical region keeps its exact boundary; interpolation keeps a map >= 0.
     """
-    _check_batched(maps, "maps")
-    _check_batched(masks, "masks")
+    check_batched(maps, "maps")
+    check_batched(masks, "masks")
     if maps.ndim != masks.ndim or maps.shape[0] != masks.shape[0]:
         raise ValueError(
             f"maps and masks must have the same batch size and number of spatial dims, "
             f"got {tuple(maps.shape)} and {tuple(masks.shape)}."
         )
-    maps = maps if maps.is_floating_point() else maps.float()
-    if maps.shape[2:] != masks.shape[2:]:
-        mode = "bilinear" if maps.ndim == 4 else "trilinear"
-        maps = F.interpolate(maps, size=masks.shape[2:], mode=mode, align_corners=False)
-    return maps
-
-
-def per_sample_quantile(maps: torch.Tensor, p: float) -> torch.Tensor:
-    """Quantile ``p`` of each sample over all its pixels, ``(B,)``, with numpy's default ``"linear"`` method.
-
-    With the n values sorted as x_0 <= ... <= x_{n-1} and h = (n - 1) p, the quantile is
-    x_floor(h) + (h - floor(h)) (x_floor(h)+1 - x_floor(h)). Built on ``torch.kthvalue`` because ``torch.quantile``
-    refuses inputs of more than 2**24 elements, which 3D volumes exceed.
-    """
-    _check_batched(maps, "maps")
-    if not 0 <= p <= 1:
-        raise ValueError(f"p must lie in [0, 1], got {p}.")
-    values = maps.flatten(1) if maps.is_floating_point() else maps.flatten(1).float()
-    n_pixels = values.shape[1]
-    position = (n_pixels - 1) * p
-    below_index = math.floor(position)
-    below = values.kthvalue(below_index + 1, dim=1).values
-    above = values.kthvalue(min(below_index + 2, n_pixels), dim=1).values
-    return torch.lerp(below, above, position - below_index)
-
-
-def top_fraction_mask(maps: torch.Tensor, q: float = 0.05) -> torch.Tensor:
-    """Boolean mask of each sample's most relevant pixels, ``1[E > quantile(E, 1 - q)]`` (see ``per_sample_quantile``).
-
-    The comparison is strict, so tied values at the quantile are left out: a constant or all-zero map, which
-    says nothing about location, gives an empty mask.
-    """
-    _check_fraction(q)
-    return maps > _per_sample(per_sample_quantile(maps, 1 - q), maps)
-
-
-def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Rescale each sample linearly to [0, 1]; a constant map becomes all zeros, as it says nothing about location."""
-    _check_batched(maps, "maps")
-    values = maps.flatten(1)
-    low = values.amin(dim=1)
-    span = values.amax(dim=1) - low
-    return (maps - _per_sample(low, maps)) / _per_sample(span.where(span > 0, 1.0), maps)
+    return resize_maps(maps if maps.is_floating_point() else maps.float(), masks.shape[2:])
 
 
 def dilate_disk(masks: torch.Tensor, radius: int) -> torch.Tensor:
@@ -97,7 +38,7 @@ def dilate_disk(masks: torch.Tensor, radius: int) -> torch.Tensor:
 
     Hand-written because MONAI's ``dilate`` uses a square element, which reaches further along the diagonals.
     """
-    _check_batched(masks, "masks")
+    check_batched(masks, "masks")
     if not isinstance(radius, int) or radius < 0:
         raise ValueError(f"radius must be a non-negative int, got {radius!r}.")
     if radius == 0:
@@ -145,14 +86,14 @@ def segx(
     when sizes differ (see ``align_map_to_mask``).
     """
     variant = look_up_option(variant, VARIANTS)
-    _check_fraction(q)
+    check_fraction(q)
     maps = align_map_to_mask(maps, seg_probs)
     mask = dilate_disk(seg_probs > mask_threshold, dilation)
     heatmap = maps * (seg_probs if soft_mask else mask).to(maps.dtype)
     raw_top = top_fraction_mask(maps, q)
     binary = top_fraction_mask(heatmap, q) if variant == "rethreshold" else raw_top & mask
     empty_mask = ~mask.flatten(1).any(dim=1)
-    use_raw = _per_sample(empty_mask, maps)
+    use_raw = per_sample(empty_mask, maps)
     return SegXResult(
         heatmap=torch.where(use_raw, maps, heatmap),
         binary=torch.where(use_raw, raw_top, binary),

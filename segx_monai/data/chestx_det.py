@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from segx_monai.data.datalist import DatasetError, find_files, walk_files, write_datalist_once
 from segx_monai.data.fingerprint import attach_masks, check_saved_split, make_fingerprint
 from segx_monai.data.readers import original_size
-from segx_monai.data.splits import split_by_group
+from segx_monai.data.splits import SPLIT_SEED, VAL_FRACTION, split_by_group
 from segx_monai.io.dicom import DICOM_SUFFIXES, is_dicom
 
 logger = logging.getLogger(__name__)
@@ -329,8 +329,8 @@ def _annotation_file(root: Path, fold: str, given: str | Path | None) -> Path:
 def prepare_chestx_datalist(
     dataset_dir: str | Path,
     datalist_file: str | Path,
-    seed: int = 0,
-    val_fraction: float = 0.1,
+    seed: int = SPLIT_SEED,
+    val_fraction: float = VAL_FRACTION,
     train_json: str | Path | None = None,
     test_json: str | Path | None = None,
     lung_mask_dir: str | Path | None = None,

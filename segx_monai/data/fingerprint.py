@@ -3,8 +3,9 @@
 A datalist's ``meta["fingerprint"]`` holds the split settings (seed, fractions, indexer version), the sha256 of each
 metadata file (``HAM10000_metadata.csv``, ``train.json``/``test.json``) and the sorted list of image files, plus one
 sha256 over all three. Masks are left out, so that masks added later attach to the saved split (:func:`attach_masks`)
-instead of invalidating it. Models trained on a split carry its fingerprint (:class:`SplitRecord` in the checkpoint
-savers' ``save_dict``), and :class:`CheckSplit` refuses to evaluate or interpret them on another split.
+instead of invalidating it. Models trained on a split carry its fingerprint (:class:`SplitRecord`: in resume points'
+``save_dict``, and in a best-model file's state-dict metadata through :class:`WeightsWithSplit`), and
+:class:`CheckSplit` refuses to evaluate or interpret them on another split.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.networks.utils import get_state_dict
 
 from segx_monai.data.datalist import DatasetError
 from segx_monai.utils.files import sha256_file
@@ -26,7 +28,8 @@ from segx_monai.utils.files import sha256_file
 logger = logging.getLogger(__name__)
 
 FINGERPRINT = "fingerprint"  # key of the fingerprint in a datalist's meta
-RECORD = "split"  # key of the split record in a checkpoint
+RECORD = "split"  # key of the split record in a resume point (and in best-model files of older versions)
+WEIGHTS_RECORD = "segx_split"  # key of the split record in a weights file's root state-dict metadata
 EXAMPLES = 3
 
 
@@ -176,6 +179,32 @@ class SplitRecord:
         )
 
 
+class WeightsWithSplit:
+    """A checkpoint saver's view of ``network`` whose state dict carries ``record`` in its metadata (``_metadata[""]``,
+    which ``load_state_dict`` ignores): the saved file stays a plain state dict, loadable strictly into the network by
+    MONAI's and the Model Zoo's tools, and still names the split it was trained on."""
+
+    def __init__(self, network: torch.nn.Module, record: SplitRecord) -> None:
+        self.network, self.record = network, record
+
+    def state_dict(self) -> dict:
+        state = get_state_dict(self.network)  # a DistributedDataParallel model's own module, as MONAI's saver does
+        state._metadata[""] = {**state._metadata.get("", {}), WEIGHTS_RECORD: self.record.state_dict()}
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.network.load_state_dict(state)
+
+
+def saved_split(checkpoint: Mapping) -> Mapping | None:
+    """The split record a loaded weights file carries (a plain state dict's metadata, or the older ``{"model",
+    "split"}`` layout), or ``None`` when it records none."""
+    metadata = getattr(checkpoint, "_metadata", None) or {}
+    if WEIGHTS_RECORD in metadata.get("", {}):
+        return metadata[""][WEIGHTS_RECORD]
+    return checkpoint.get(RECORD) if isinstance(checkpoint, Mapping) else None
+
+
 def _short(fingerprint: str | None) -> str:
     return fingerprint[:12] if fingerprint else "(none)"
 
@@ -209,9 +238,9 @@ class CheckSplit:
         if not self.applies():
             return
         for path in self.checkpoints:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if not (isinstance(saved, Mapping) and RECORD in saved):
+            record = saved_split(torch.load(path, map_location="cpu", weights_only=True))
+            if record is None:
                 logger.warning("%s records no split (written by an older version): cannot check that it was not trained "
                                "on images of this test fold; train it again to record its split.", path)
                 continue
-            self.record.check(saved[RECORD], str(path))
+            self.record.check(record, str(path))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from segx_monai.data.datalist import DatasetError, find_files, write_datalist_once
 from segx_monai.data.fingerprint import attach_masks, check_saved_split, make_fingerprint
-from segx_monai.data.splits import split_by_group
+from segx_monai.data.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, split_by_group
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +225,9 @@ def index_ham10000(
 def prepare_ham_datalist(
     dataset_dir: str | Path,
     datalist_file: str | Path,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
+    seed: int = SPLIT_SEED,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     **index_kwargs,
 ) -> Path:
     """Index ``dataset_dir`` and write its lesion-grouped, diagnosis-stratified split to ``datalist_file`` once.

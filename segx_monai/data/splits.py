@@ -11,6 +11,11 @@ from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 FOLDS = ("training", "validation", "test")
+# the default split settings, in one place: the indexers, the bundle configs and the synthetic skin set's generator
+# (which places its artefacts by the split the bundle will draw) all take them from here
+SPLIT_SEED = 0
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.2
 
 
 def split_by_group(

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from segx_monai.data.drawing import polyline_distance, value_noise
-from segx_monai.data.splits import FOLDS, split_by_group
+from segx_monai.data.splits import FOLDS, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, split_by_group
 
 METADATA_FILE = "HAM10000_metadata.csv"
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
@@ -111,9 +111,9 @@ class SyntheticImage:
 def plan_ham_like(
     n_images: int = 700,
     seed: int = 0,
-    split_seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
+    split_seed: int = SPLIT_SEED,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     spurious_strength: float = 0.9,
     images_per_lesion: tuple[int, int] = (1, 3),
 ) -> list[SyntheticImage]:
@@ -498,9 +498,9 @@ def generate_ham_like(
     n_images: int = 700,
     image_size: tuple[int, int] = (160, 120),
     seed: int = 0,
-    split_seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
+    split_seed: int = SPLIT_SEED,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     spurious_strength: float = 0.9,
     images_per_lesion: tuple[int, int] = (1, 3),
     jpeg_quality: int = 90,
@@ -548,9 +548,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-images", type=int, default=700)
     parser.add_argument("--size", default="160x120", help="WIDTHxHEIGHT in pixels (default 160x120)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split-seed", type=int, default=0, help="the seed the data will be split with")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--split-seed", type=int, default=SPLIT_SEED, help="the seed the data will be split with")
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    parser.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     parser.add_argument("--spurious-strength", type=float, default=0.9)
     parser.add_argument("--images-per-lesion", type=int, nargs=2, default=(1, 3), metavar=("FEWEST", "MOST"))
     args = parser.parse_args(argv)

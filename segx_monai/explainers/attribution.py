@@ -212,6 +212,9 @@ def save_baselines(images: Tensor, path: str | os.PathLike) -> None:
 
 def load_baselines(path: str | os.PathLike) -> Tensor:
     """Load a reference set saved by :func:`save_baselines` onto the CPU."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no GradientSHAP reference images; the classifier's training draws them from the "
+                                "training fold (train_classifier.yaml), or set baselines_file to a saved set")
     images = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(images, Tensor):
         raise TypeError(f"{path} does not hold a tensor")

@@ -7,12 +7,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-Targets = int | Sequence[int] | Tensor | None
+from segx_monai.core.maps import minmax_normalize, resize_maps
 
-_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+Targets = int | Sequence[int] | Tensor | None
 
 
 @contextmanager
@@ -69,21 +68,6 @@ def predicted_classes(model: nn.Module, inputs: Tensor) -> Tensor:
         return model(inputs).argmax(dim=1)
 
 
-def resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Upsample ``(B, 1, *s)`` maps to ``size`` (bi/trilinear, ``align_corners=False``)."""
-    if tuple(maps.shape[2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=tuple(size), mode=_INTERPOLATION[len(size)], align_corners=False)
-
-
-def normalize_maps(maps: Tensor) -> Tensor:
-    """Min-max normalise each sample's map to [0, 1]; a constant map becomes all zeros (no NaN)."""
-    flat = maps.flatten(1)
-    low = flat.min(dim=1).values.view(-1, *[1] * (maps.ndim - 1))
-    span = flat.max(dim=1).values.view_as(low) - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-
-
 class Explainer(ABC):
     """Saliency maps ``(B, 1, *spatial)`` in [0, 1] for a classifier's chosen class, per sample.
 
@@ -113,7 +97,7 @@ class Explainer(ABC):
             # plain tensor copy: MONAI MetaTensor bookkeeping is not wanted inside autograd/captum
             x = inputs.detach().as_subclass(Tensor).clone()
             maps = self.attribute(x, as_targets(targets, x.shape[0], x.device))
-        return normalize_maps(resize_maps(maps.detach(), spatial))
+        return minmax_normalize(resize_maps(maps.detach(), spatial))
 
 
 class InputAttributionExplainer(Explainer):

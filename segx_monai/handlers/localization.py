@@ -1,17 +1,42 @@
 """Ignite handlers for the localisation metrics, thin adapters in the manner of ``monai.handlers.MeanDice``.
 
-``output_transform`` maps ``engine.state.output`` to ``(y_pred, y)`` = (explanation maps, ground-truth masks).
-With ``save_details`` the per-sample scores go to ``engine.state.metric_details[name]``.
+:class:`LocalizationScores` scores the raw and the SegX map of each explained pair in an interpretation evaluator.
+The single-metric handlers are Ignite metrics (``attach(engine, name)``, e.g. a bundle's ``additional_metrics``):
+``output_transform`` maps ``engine.state.output`` to ``(y_pred, y)`` = (explanation maps, ground-truth masks), and
+with ``save_details`` the per-sample scores go to ``engine.state.metric_details[name]``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
 from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import MetricReduction
 
-from segx_monai.metrics.localization import AUITCMetric, HitRateMetric, IoUAtQMetric, PerSampleScoreMetric, RelevanceMassMetric
+from segx_monai.handlers.contract import (
+    LOCALIZATION_METRICS,
+    MAP_VARIANTS,
+    CurveFields,
+    OutputKeys,
+    curve_field,
+    localization_column,
+)
+from segx_monai.handlers.writers import IterationHandler, item_rows
+from segx_monai.metrics.localization import (
+    AUITCMetric,
+    HitRateMetric,
+    IoUAtQMetric,
+    IoUThresholdCurveMetric,
+    PerSampleScoreMetric,
+    RelevanceMassMetric,
+)
 
 
 class LocalizationHandler(IgniteMetricHandler):
@@ -53,3 +78,73 @@ class RelevanceMass(LocalizationHandler):
     """Mean relevance mass over an epoch (``segx_monai.metrics.compute_relevance_mass``); undefined samples skipped."""
 
     metric = RelevanceMassMetric
+
+
+class LocalizationScores(IterationHandler):
+    """IoU@q, AUITC, hit and relevance mass of the raw and the SegX map against a ground-truth mask, per explained pair.
+
+    The ground truth ``gt_key`` is read from the batch: ``(1, *spatial)`` for one clinical region, or ``(K, *spatial)``
+    with ``per_class`` (one mask per finding, the explained class's channel is used); rows without it get no value.
+    Each score goes to its pair's row (columns ``<prefix><metric>_<raw|segx>``, see ``contract``) and into one
+    cumulative metric of ``segx_monai.metrics`` per column, whose means over the run (NaN excluded, every rank's pairs
+    in a distributed run) go to ``engine.state.metrics``; the mean IoU-threshold curves of both maps go to
+    ``curves_path`` (JSON, rank 0). ``prefix`` tells apart the columns of a second ground truth (e.g. the findings'
+    own masks beside the lungs).
+    """
+
+    def __init__(
+        self, gt_key: str = "mask", per_class: bool = False, q: float = 0.05, n_thresholds: int = 101,
+        curves_path: str | Path | None = None, prefix: str = "",
+    ) -> None:
+        self.gt_key, self.per_class, self.curves_path = gt_key, per_class, curves_path
+        self.requires = (OutputKeys.MAP, OutputKeys.SEGX_MAP) + ((OutputKeys.EXPLAINED_CLASSES,) if per_class else ())
+        metric_types = {"iou_at_q": partial(IoUAtQMetric, q=q), "auitc": partial(AUITCMetric, n_thresholds=n_thresholds),
+                        "hit": HitRateMetric, "relevance_mass": RelevanceMassMetric}
+        self.metrics = {
+            (variant, metric): metric_types[metric](get_not_nans=True) for variant in MAP_VARIANTS for metric in LOCALIZATION_METRICS
+        }
+        self.columns = {key: localization_column(key[1], key[0], prefix) for key in self.metrics}
+        self.curves = {variant: IoUThresholdCurveMetric(n_thresholds) for variant in MAP_VARIANTS}
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        for metric in (*self.metrics.values(), *self.curves.values()):
+            metric.reset()
+
+    def _ground_truth(self, batch_item: dict, item: dict) -> torch.Tensor:
+        gt = torch.as_tensor(batch_item[self.gt_key]).to(item[OutputKeys.MAP].device)
+        if self.per_class:
+            return gt[item[OutputKeys.EXPLAINED_CLASSES]].unsqueeze(1)
+        return gt[None].expand(item[OutputKeys.MAP].shape[0], *gt.shape)
+
+    def __call__(self, engine: Engine) -> None:
+        pairs = [(b, item) for b, item in self.items(engine) if item[OutputKeys.MAP].shape[0] and self.gt_key in b]
+        if not pairs:
+            return
+        gt = torch.cat([self._ground_truth(b, item) for b, item in pairs]) > 0
+        rows = [row for _, item in pairs for row in item_rows(item)]
+        for variant, key in MAP_VARIANTS.items():
+            maps = torch.cat([item[key] for _, item in pairs])
+            for metric in LOCALIZATION_METRICS:
+                column = self.columns[variant, metric]
+                for row, value in zip(rows, self.metrics[variant, metric](maps, gt)[:, 0].tolist()):
+                    row[column] = value
+            self.curves[variant](maps, gt)
+
+    def finish(self, engine: Engine) -> None:
+        """The means over every scored pair (of every rank) to ``engine.state.metrics``; rank 0 writes the curves."""
+        for key, metric in self.metrics.items():
+            mean, defined = metric.aggregate()
+            engine.state.metrics[self.columns[key]] = float(mean) if defined > 0 else math.nan
+        curves = {variant: metric.aggregate() for variant, metric in self.curves.items()}
+        if self.curves_path is not None and idist.get_rank() == 0:
+            Path(self.curves_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.curves_path).write_text(json.dumps({
+                CurveFields.THRESHOLDS: next(iter(self.curves.values())).thresholds.tolist(),
+                **{curve_field(variant): mean.tolist() for variant, (mean, _) in curves.items()},
+                CurveFields.COUNT: min(count for _, count in curves.values()),  # one count: it depends on G alone
+            }))

@@ -7,6 +7,7 @@ from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer
 from monai.networks.utils import eval_mode
 
+from segx_monai.handlers.contract import OutputKeys
 from segx_monai.handlers.writers import IterationHandler
 
 
@@ -21,15 +22,16 @@ class RegionSegmentation(IterationHandler):
         self,
         segmenter: torch.nn.Module,
         region_channel: int = 1,
-        output_key: str = "region_prob",
-        image_key: str = "image",
+        output_key: str = OutputKeys.REGION_PROB,
+        image_key: str = OutputKeys.IMAGE,
         inferer: Inferer | None = None,
     ) -> None:
         self.segmenter, self.region_channel, self.output_key, self.image_key = segmenter, region_channel, output_key, image_key
         self.inferer = inferer or SimpleInferer()
+        self.requires = (image_key,)
 
     def __call__(self, engine: Engine) -> None:
-        items = engine.state.output
+        items = self.output(engine)
         images = torch.stack([item[self.image_key] for item in items])
         with eval_mode(self.segmenter), torch.no_grad():
             logits = self.inferer(images, self.segmenter)

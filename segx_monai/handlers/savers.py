@@ -13,7 +13,8 @@ import torch
 from ignite.engine import Engine
 from PIL import Image
 
-from segx_monai.handlers.writers import IterationHandler, iterate_items
+from segx_monai.handlers.contract import Columns, OutputKeys, pair_stem
+from segx_monai.handlers.writers import IterationHandler, item_rows
 from segx_monai.io.dicom import is_dicom
 from segx_monai.io.dicom_writer import write_secondary_capture
 
@@ -28,6 +29,12 @@ def display_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[floa
     return (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def scaled_to_max(heat: np.ndarray) -> np.ndarray:
+    """A map >= 0 divided by its maximum, for display (an all-zero map stays zero); unlike min-max, keeps 0 at 0."""
+    top = heat.max()
+    return heat / top if top > 0 else heat
+
+
 def heat_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``heat`` in [0, 1] colour-mapped and blended onto the picture, more opaque where the map is higher."""
     coloured = _COLORMAP(heat)[..., :3] * 255
@@ -39,8 +46,7 @@ def overlay_strip(picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx
     """image | raw map | predicted region (contour-free tint) | SegX map, side by side."""
     tint = picture.copy()
     tint[region > 0] = (0.5 * tint[region > 0] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
-    top = segx_map.max()
-    return np.concatenate([picture, heat_overlay(picture, raw), tint, heat_overlay(picture, segx_map / top if top > 0 else segx_map)], axis=1)
+    return np.concatenate([picture, heat_overlay(picture, raw), tint, heat_overlay(picture, scaled_to_max(segx_map))], axis=1)
 
 
 class ExplanationSaver(IterationHandler):
@@ -52,33 +58,33 @@ class ExplanationSaver(IterationHandler):
 
     def __init__(
         self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], formats: Sequence[str] = ("nii.gz", "png"),
-        overlays: bool = True, display_size: int = 192, id_key: str = "image_id", image_key: str = "image",
+        overlays: bool = True, display_size: int = 192, id_key: str = Columns.IMAGE_ID, image_key: str = OutputKeys.IMAGE,
     ) -> None:
         self.output_dir, self.mean, self.std, self.formats = Path(output_dir), mean, std, tuple(formats)
         self.overlays, self.display_size, self.id_key, self.image_key = overlays, display_size, id_key, image_key
         unknown = set(self.formats) - {"nii.gz", "png"}
         if unknown:
             raise ValueError(f"unknown map formats {sorted(unknown)}; expected 'nii.gz' and/or 'png'.")
+        self.requires = (image_key, OutputKeys.MAP, OutputKeys.SEGX_MAP, OutputKeys.REGION_MASK)
 
     def _write_map(self, heat: np.ndarray, stem: str) -> None:
         if "nii.gz" in self.formats:
             nib.save(nib.Nifti1Image(heat.astype(np.float32), np.eye(4)), self.output_dir / "maps" / f"{stem}.nii.gz")
         if "png" in self.formats:
-            top = heat.max()
-            Image.fromarray((heat / top * 255 if top > 0 else heat).round().astype(np.uint8)).save(self.output_dir / "maps" / f"{stem}.png")
+            Image.fromarray((scaled_to_max(heat) * 255).round().astype(np.uint8)).save(self.output_dir / "maps" / f"{stem}.png")
 
     def __call__(self, engine: Engine) -> None:
         (self.output_dir / "maps").mkdir(parents=True, exist_ok=True)
         (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
-        for batch_item, item in iterate_items(engine):
+        for batch_item, item in self.items(engine):
             picture = display_image(item[self.image_key], self.mean, self.std)
-            for n, row in enumerate(item["rows"][: item["map"].shape[0]]):
-                stem = "_".join([str(batch_item[self.id_key])] + ([row["finding"].replace(" ", "_")] if "finding" in row else []))
-                raw, segx_map = item["map"][n, 0].cpu().numpy(), item["segx_map"][n, 0].float().cpu().numpy()
+            for n, row in enumerate(item_rows(item)[: item[OutputKeys.MAP].shape[0]]):
+                stem = pair_stem(batch_item[self.id_key], row.get(Columns.FINDING))
+                raw, segx_map = item[OutputKeys.MAP][n, 0].cpu().numpy(), item[OutputKeys.SEGX_MAP][n, 0].float().cpu().numpy()
                 self._write_map(raw, f"{stem}_raw")
                 self._write_map(segx_map, f"{stem}_segx")
                 if self.overlays:
-                    strip = overlay_strip(picture, raw, item["region_mask"][n, 0].cpu().numpy(), segx_map)
+                    strip = overlay_strip(picture, raw, item[OutputKeys.REGION_MASK][n, 0].cpu().numpy(), segx_map)
                     scale = max(1, self.display_size // picture.shape[0])
                     Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST).save(self.output_dir / "overlays" / f"{stem}.png")
 
@@ -87,21 +93,22 @@ class DicomOverlayWriter(IterationHandler):
     """For each explained DICOM input, writes the image | SegX overlay as a Secondary Capture in a new series of the
     source study (``<id>[_<finding>]_segx.dcm``), referencing the source image, so the map can go to a PACS."""
 
-    def __init__(self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], path_key: str = "image_path", id_key: str = "image_id") -> None:
+    requires = (OutputKeys.IMAGE, OutputKeys.MAP, OutputKeys.SEGX_MAP)
+
+    def __init__(self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], path_key: str = "image_path", id_key: str = Columns.IMAGE_ID) -> None:
         self.output_dir, self.mean, self.std, self.path_key, self.id_key = Path(output_dir), mean, std, path_key, id_key
 
     def __call__(self, engine: Engine) -> None:
-        for batch_item, item in iterate_items(engine):
+        for batch_item, item in self.items(engine):
             source = batch_item.get(self.path_key)
             if source is None or not is_dicom(source):
                 continue
             self.output_dir.mkdir(parents=True, exist_ok=True)
             header = pydicom.dcmread(source, stop_before_pixels=True)
-            picture = display_image(item["image"], self.mean, self.std)
-            for n, row in enumerate(item["rows"][: item["map"].shape[0]]):
-                segx_map = item["segx_map"][n, 0].float().cpu().numpy()
-                top = segx_map.max()
-                overlay = np.concatenate([picture, heat_overlay(picture, segx_map / top if top > 0 else segx_map)], axis=1)
-                stem = "_".join([str(batch_item[self.id_key])] + ([row["finding"].replace(" ", "_")] if row.get("finding") else []))
-                write_secondary_capture(np.ascontiguousarray(overlay), self.output_dir / f"{stem}_segx.dcm", header,
-                                        series_description=f"SegX overlay{' ' + row['finding'] if row.get('finding') else ''}")
+            picture = display_image(item[OutputKeys.IMAGE], self.mean, self.std)
+            for n, row in enumerate(item_rows(item)[: item[OutputKeys.MAP].shape[0]]):
+                segx_map = item[OutputKeys.SEGX_MAP][n, 0].float().cpu().numpy()
+                overlay = np.concatenate([picture, heat_overlay(picture, scaled_to_max(segx_map))], axis=1)
+                finding = row.get(Columns.FINDING)
+                write_secondary_capture(np.ascontiguousarray(overlay), self.output_dir / f"{pair_stem(batch_item[self.id_key], finding)}_segx.dcm",
+                                        header, series_description=f"SegX overlay{' ' + finding if finding else ''}")

@@ -2,7 +2,7 @@
 
 Each decollated output item carries ``item["rows"]``: one dict of scalar columns per explained (sample, class) pair
 (one row for a single-label prediction, one per predicted-positive finding for a multi-label one). The handlers
-of this package fill those dicts; :class:`SampleTableWriter` streams them to CSV.
+of this package fill those dicts; :class:`SampleTableWriter` streams them to CSV. ``contract`` names keys and columns.
 """
 
 from __future__ import annotations
@@ -20,30 +20,26 @@ import torch
 from ignite.engine import Engine, Events
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+from segx_monai.core.maps import resize_maps
+from segx_monai.handlers.contract import Columns, OutputKeys, check_output, probability_column
 
-ROWS_KEY = "rows"
+logger = logging.getLogger(__name__)
 
 
 def item_rows(item: dict) -> list[dict]:
     """The column dicts of one output item (one empty row until an explainer says which classes it explains)."""
-    return item.setdefault(ROWS_KEY, [{}])
-
-
-def iterate_items(engine: Engine) -> Iterator[tuple[dict, dict]]:
-    """``(batch_item, output_item)`` pairs of the current iteration (both decollated by MONAI's engines)."""
-    return zip(engine.state.batch, engine.state.output)
-
-
-def resize_to(array: torch.Tensor, size: Sequence[int] | None, mode: str = "bilinear") -> torch.Tensor:
-    """``(C, *spatial)`` resampled to ``size`` (the image's original size) when given and different."""
-    if size is None or tuple(array.shape[1:]) == tuple(int(s) for s in size):
-        return array
-    return torch.nn.functional.interpolate(array[None].float(), size=[int(s) for s in size], mode=mode, align_corners=False)[0]
+    return item.setdefault(OutputKeys.ROWS, [{}])
 
 
 class IterationHandler:
-    """Base of the per-iteration handlers here: attaches ``__call__`` to ``ITERATION_COMPLETED``."""
+    """Base of the per-iteration handlers here: attaches ``__call__`` to ``ITERATION_COMPLETED``.
+
+    ``requires`` lists the output keys it reads, made by handlers attached before it (or by the evaluator); reading
+    the items through :meth:`output` or :meth:`items` checks them, so a handler list in the wrong order fails naming
+    the missing key and the handler that makes it.
+    """
+
+    requires: tuple[str, ...] = ()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -51,23 +47,33 @@ class IterationHandler:
     def __call__(self, engine: Engine) -> None:
         raise NotImplementedError
 
+    def output(self, engine: Engine) -> list[dict]:
+        """The iteration's output items (decollated by MONAI's engines), checked to hold every key in ``requires``."""
+        check_output(engine.state.output, self.requires, self)
+        return engine.state.output
+
+    def items(self, engine: Engine) -> Iterator[tuple[dict, dict]]:
+        """``(batch_item, output_item)`` pairs of the current iteration, the output items checked as by :meth:`output`."""
+        return zip(engine.state.batch, self.output(engine))
+
 
 class PredictionColumns(IterationHandler):
     """Fills each row with the prediction: class name, its probability, every class probability, and, when the label
     is known, the true class and whether the prediction is correct (single-label, softmax outputs)."""
 
-    def __init__(self, class_names: Sequence[str], pred_key: str = "pred", label_key: str = "label") -> None:
+    def __init__(self, class_names: Sequence[str], pred_key: str = OutputKeys.PRED, label_key: str = "label") -> None:
         self.class_names, self.pred_key, self.label_key = list(class_names), pred_key, label_key
+        self.requires = (pred_key,)
 
     def __call__(self, engine: Engine) -> None:
-        for batch_item, item in iterate_items(engine):
+        for batch_item, item in self.items(engine):
             probs = item[self.pred_key].detach().float().cpu()
             predicted = int(probs.argmax())
-            columns = {"prediction": self.class_names[predicted], "probability": float(probs[predicted])}
+            columns = {Columns.PREDICTION: self.class_names[predicted], Columns.PROBABILITY: float(probs[predicted])}
             label = batch_item.get(self.label_key)
             if label is not None and torch.as_tensor(label).numel() == 1:
-                columns.update(label=self.class_names[int(label)], correct=int(int(label) == predicted))
-            columns.update({f"p_{name}": float(p) for name, p in zip(self.class_names, probs)})
+                columns.update({Columns.LABEL: self.class_names[int(label)], Columns.CORRECT: int(int(label) == predicted)})
+            columns.update({probability_column(name): float(p) for name, p in zip(self.class_names, probs)})
             for row in item_rows(item):
                 row.update(columns)
 
@@ -80,26 +86,28 @@ class MultiLabelPredictionColumns(IterationHandler):
     its threshold keeps one row with an empty ``finding``.
     """
 
-    def __init__(self, class_names: Sequence[str], thresholds: Sequence[float], pred_key: str = "pred", label_key: str = "label") -> None:
+    def __init__(self, class_names: Sequence[str], thresholds: Sequence[float], pred_key: str = OutputKeys.PRED, label_key: str = "label") -> None:
         self.class_names, self.thresholds = list(class_names), torch.as_tensor(thresholds, dtype=torch.float32)
         self.pred_key, self.label_key = pred_key, label_key
+        self.requires = (pred_key,)
 
     def __call__(self, engine: Engine) -> None:
-        for batch_item, item in iterate_items(engine):
+        for batch_item, item in self.items(engine):
             probs = item[self.pred_key].detach().float().cpu()
             positive = probs >= self.thresholds
             label = batch_item.get(self.label_key)
-            shared = {"predicted_findings": ";".join(n for n, p in zip(self.class_names, positive) if p)}
-            shared.update({f"p_{name}": float(p) for name, p in zip(self.class_names, probs)})
-            rows = item.get(ROWS_KEY) or [{"finding": ""}]
-            item[ROWS_KEY] = rows
+            shared = {Columns.PREDICTED_FINDINGS: ";".join(n for n, p in zip(self.class_names, positive) if p)}
+            shared.update({probability_column(name): float(p) for name, p in zip(self.class_names, probs)})
+            rows = item.get(OutputKeys.ROWS) or [{Columns.FINDING: ""}]
+            item[OutputKeys.ROWS] = rows
             for row in rows:
-                k = self.class_names.index(row["finding"]) if row.get("finding") else None
-                row.update(probability=float(probs[k]) if k is not None else float("nan"), threshold=float(self.thresholds[k]) if k is not None else float("nan"))
+                k = self.class_names.index(row[Columns.FINDING]) if row.get(Columns.FINDING) else None
+                row.update({Columns.PROBABILITY: float(probs[k]) if k is not None else float("nan"),
+                            Columns.THRESHOLD: float(self.thresholds[k]) if k is not None else float("nan")})
                 if label is not None:
                     truth = torch.as_tensor(label).float().cpu()
-                    row.update(label=";".join(n for n, t in zip(self.class_names, truth) if t > 0),
-                               correct=int(bool(truth[k] > 0)) if k is not None else int(bool((truth > 0).sum() == 0)))
+                    row.update({Columns.LABEL: ";".join(n for n, t in zip(self.class_names, truth) if t > 0),
+                                Columns.CORRECT: int(bool(truth[k] > 0)) if k is not None else int(bool((truth > 0).sum() == 0))})
                 row.update(shared)
 
 
@@ -114,7 +122,7 @@ class SampleTableWriter(IterationHandler):
     the previous run's whole table or this run's. No exception handler: Ignite lets an error propagate without one.
     """
 
-    def __init__(self, path: str | Path, id_key: str = "image_id") -> None:
+    def __init__(self, path: str | Path, id_key: str = Columns.IMAGE_ID) -> None:
         self.path, self.id_key = Path(path), id_key
         self._lines = None
 
@@ -134,7 +142,7 @@ class SampleTableWriter(IterationHandler):
     def __call__(self, engine: Engine) -> None:
         if self._lines is None:
             self.open()
-        for batch_item, item in iterate_items(engine):
+        for batch_item, item in self.items(engine):
             for row in item_rows(item):
                 self._lines.write(json.dumps({self.id_key: str(batch_item[self.id_key]), **row}) + "\n")
         self._lines.flush()
@@ -177,15 +185,16 @@ class MaskWriter(IterationHandler):
     """Writes ``<id><suffix>.png`` (0/255) from a probability key, resampled to the image's original size."""
 
     def __init__(
-        self, output_dir: str | Path, key: str = "region_prob", threshold: float = 0.5, suffix: str = "_mask",
-        id_key: str = "image_id", size_key: str = "original_size",
+        self, output_dir: str | Path, key: str = OutputKeys.REGION_PROB, threshold: float = 0.5, suffix: str = "_mask",
+        id_key: str = Columns.IMAGE_ID, size_key: str = "original_size",
     ) -> None:
         self.output_dir, self.key, self.threshold, self.suffix = Path(output_dir), key, threshold, suffix
         self.id_key, self.size_key = id_key, size_key
+        self.requires = (key,)
 
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for batch_item, item in iterate_items(engine):
-            prob = resize_to(item[self.key].detach().cpu(), batch_item.get(self.size_key))
+        for batch_item, item in self.items(engine):
+            prob = resize_maps(item[self.key].detach().float().cpu()[None], batch_item.get(self.size_key))[0]
             mask = (prob[0] > self.threshold).numpy().astype(np.uint8) * 255
             Image.fromarray(mask).save(self.output_dir / f"{batch_item[self.id_key]}{self.suffix}.png")

@@ -3,6 +3,7 @@
 Plain batched functions ``compute_*`` (maps and G as ``(B, 1, *spatial)``, result ``(B,)``) and cumulative MONAI
 metrics over them. A sample with an empty G is undefined (NaN) for every metric and is skipped by ``aggregate``.
 IoU@q and AUITC are the SegU formulas (``segx_monai.core.segu``) applied to G instead of the predicted mask.
+In a distributed run ``aggregate`` covers the samples of every rank.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from functools import partial
 import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
-from monai.utils import MetricReduction
+from monai.utils import MetricReduction, evenly_divisible_all_gather
 
-from segx_monai.core.segu import threshold_curve_area, top_fraction_iou
+from segx_monai.core.maps import minmax_normalize
+from segx_monai.core.segu import threshold_curve_area, threshold_curve_iou, top_fraction_iou
 from segx_monai.core.segx import align_map_to_mask
 
 
@@ -67,7 +69,8 @@ class PerSampleScoreMetric(CumulativeIterationMetric):
 
     ``aggregate`` uses MONAI's ``do_metric_reduction``: with the default ``"mean"`` it returns the mean of the
     defined samples (0 when none is defined) and, with ``get_not_nans=True``, also how many samples were defined
-    (the buffer length minus that is the number of undefined ones). ``get_buffer()`` keeps every per-sample score.
+    (the buffer length minus that is the number of undefined ones). ``get_buffer()`` keeps every per-sample score,
+    as float64 (``(N, 1)``; ``(N, *sample_shape)`` for a ``score_fn`` of ``(B, *sample_shape)`` values).
     """
 
     def __init__(
@@ -75,15 +78,28 @@ class PerSampleScoreMetric(CumulativeIterationMetric):
         score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
+        sample_shape: tuple[int, ...] = (1,),
     ) -> None:
         super().__init__()
         self.score_fn = score_fn
         self.reduction = reduction
         self.get_not_nans = get_not_nans
+        self.sample_shape = tuple(sample_shape)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """Score one batch of maps ``y_pred`` against ground truths ``y``, as a ``(B, 1)`` buffer entry."""
-        return self.score_fn(y_pred, y).unsqueeze(1)
+        """Score one batch of maps ``y_pred`` against ground truths ``y``, as a ``(B, *sample_shape)`` buffer entry
+        (float64, one dtype on every rank whatever the maps' precision)."""
+        scores = self.score_fn(y_pred, y)
+        return scores.double().reshape(len(scores), *self.sample_shape)
+
+    def _sync(self) -> None:
+        """Gather every rank's scores with MONAI's ``evenly_divisible_all_gather``, on a rank that scored no sample
+        too: MONAI's ``Cumulative`` skips the gather there, and the other ranks would wait for it forever."""
+        if self._synced:
+            return
+        local = torch.stack(self._buffers[0]) if self._buffers else torch.empty(0, *self.sample_shape, dtype=torch.float64)
+        self._synced_tensors = [evenly_divisible_all_gather(local, concat=True)]
+        self._synced = True
 
     def aggregate(
         self, reduction: MetricReduction | str | None = None
@@ -129,3 +145,27 @@ class RelevanceMassMetric(PerSampleScoreMetric):
 
     def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
         super().__init__(compute_relevance_mass, reduction, get_not_nans)
+
+
+class IoUThresholdCurveMetric(PerSampleScoreMetric):
+    """Cumulative IoU-threshold curves, the curves AUITC integrates: per sample the IoU of 1[E_n >= t] with G for
+    each t of ``thresholds`` = ``linspace(0, 1, n_thresholds)``, E_n the min-max normalised map; NaN rows for an
+    empty G. ``aggregate`` returns the mean curve over the samples with a G (zeros without any) and their number.
+    """
+
+    def __init__(self, n_thresholds: int = 101) -> None:
+        if n_thresholds < 2:
+            raise ValueError(f"n_thresholds must be at least 2, got {n_thresholds}.")
+        self.thresholds = torch.linspace(0, 1, n_thresholds)
+        super().__init__(self.curves, sample_shape=(n_thresholds,))
+
+    def curves(self, maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """The ``(B, n_thresholds)`` curves of one batch."""
+        return threshold_curve_iou(minmax_normalize(maps), gt, self.thresholds.to(maps.device))
+
+    def aggregate(self) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+        """``(mean curve (n_thresholds,) float64, number of samples with a G)``."""
+        curves = self.get_buffer()
+        defined = ~curves.isnan().any(dim=1)
+        count = int(defined.sum())
+        return curves[defined].sum(dim=0) / max(count, 1), count

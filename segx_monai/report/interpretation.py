@@ -2,7 +2,8 @@
 (``report.html``) and every number in it as ``summary.json``.
 
 Reads the folder the evaluator writes: ``samples.csv`` (one row per prediction), ``curves.json`` (mean IoU-threshold
-curves), ``run.json`` (settings) and ``overlays/<image_id>.png``. Rows are the unit of every statistic; intervals are
+curves), ``run.json`` (settings) and ``overlays/<image_id>[_<finding>].png``; column and field names are those of
+``segx_monai.handlers.contract``, which the handlers write. Rows are the unit of every statistic; intervals are
 95% percentile-bootstrap intervals over resampled rows, seeded so a report can be rebuilt identically.
 """
 
@@ -18,19 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segx_monai.handlers import contract
+from segx_monai.handlers.contract import Columns, CurveFields, curve_field, localization_column, pair_stem
 from segx_monai.metrics.certainty import correctness_auroc, mean_by_correctness, risk_coverage_curve
 from segx_monai.report import render
 from segx_monai.report.render import fmt, fmt_estimate
 
-LOCALIZATION_METRICS = {"iou_at_q": "IoU@q", "auitc": "AUITC", "hit": "Hit rate", "relevance_mass": "Relevance mass"}
+LOCALIZATION_METRICS = dict(zip(contract.LOCALIZATION_METRICS, ("IoU@q", "AUITC", "Hit rate", "Relevance mass")))
 ESTIMATES = ("raw", "segx", "difference")  # per localisation metric: the means and their paired difference
-CERTAINTY_SCORES = {"ciou": "cIoU", "cauitc": "cAUITC"}
-TEXT_COLUMNS = {"image_id", "label", "prediction", "finding"}
+CERTAINTY_SCORES = dict(zip(contract.CERTAINTY_SCORES, ("cIoU", "cAUITC")))
 COUNT_LABELS = {
     "rows": "Predictions (rows)", "images": "Images", "correct": "Correct", "incorrect": "Incorrect",
     "with_ground_truth_mask": "With ground-truth mask", "empty_region": "Empty predicted region",
     "review": "Flagged for review",
 }
+GALLERY_IOU = localization_column("iou_at_q", "segx")  # the best and worst localised cases are ranked by it
 GALLERY = {  # section -> (heading, how its cases are chosen)
     "best": ("Best localised", "highest SegX IoU@q with the ground-truth region"),
     "worst": ("Worst localised", "lowest SegX IoU@q with the ground-truth region"),
@@ -74,18 +77,18 @@ def load_samples(path: str | Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
-    if "image_id" not in (reader.fieldnames or []):
-        raise ValueError(f"{path} needs an image_id column, got {reader.fieldnames}.")
+    if Columns.IMAGE_ID not in (reader.fieldnames or []):
+        raise ValueError(f"{path} needs an {Columns.IMAGE_ID} column, got {reader.fieldnames}.")
     samples = {}
     for name in reader.fieldnames:
         cells = np.array([(row[name] or "").strip() for row in rows], dtype=str)
-        samples[name] = cells if name in TEXT_COLUMNS or not all(map(_is_number, cells)) else np.where(cells == "", "nan", cells).astype(float)
+        samples[name] = cells if name in Columns.TEXT or not all(map(_is_number, cells)) else np.where(cells == "", "nan", cells).astype(float)
     return samples
 
 
 def _column(samples: dict[str, np.ndarray], name: str) -> np.ndarray:
     """A numeric column, all NaN when the table lacks it."""
-    return samples.get(name, np.full(len(samples["image_id"]), np.nan))
+    return samples.get(name, np.full(len(samples[Columns.IMAGE_ID]), np.nan))
 
 
 def _text(samples: dict[str, np.ndarray], name: str, row: int) -> str:
@@ -111,7 +114,7 @@ def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int, seed
     """Per localisation metric: mean raw, SegX and SegX - raw with intervals, over the rows that have both values."""
     results = {}
     for key, name in LOCALIZATION_METRICS.items():
-        raw, segx = _column(samples, f"{key}_raw"), _column(samples, f"{key}_segx")
+        raw, segx = _column(samples, localization_column(key, "raw")), _column(samples, localization_column(key, "segx"))
         used = np.isfinite(raw) & np.isfinite(segx)
         values = np.stack([raw[used], segx[used], segx[used] - raw[used]], axis=1)
         results[key] = {
@@ -125,7 +128,7 @@ def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int, seed
 
 def _certainty_inputs(samples: dict[str, np.ndarray], key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The SegU score ``key`` and the correctness of the rows that have both."""
-    score, correct = _column(samples, key), _column(samples, "correct")
+    score, correct = _column(samples, key), _column(samples, Columns.CORRECT)
     used = np.isfinite(score) & np.isfinite(correct)
     return torch.as_tensor(score[used]), torch.as_tensor(correct[used] == 1)
 
@@ -168,14 +171,14 @@ def _evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int, seed: 
 
 def _count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
     """Rows, images, outcomes, rows with a ground-truth mask, with an empty predicted region, flagged for review."""
-    correct = _column(samples, "correct")
-    with_mask = np.isfinite(np.stack([_column(samples, f"{key}_raw") for key in LOCALIZATION_METRICS])).any(axis=0)
+    correct = _column(samples, Columns.CORRECT)
+    with_mask = np.isfinite(np.stack([_column(samples, localization_column(key, "raw")) for key in LOCALIZATION_METRICS])).any(axis=0)
     return {
-        "rows": len(samples["image_id"]), "images": len(np.unique(samples["image_id"])),
+        "rows": len(samples[Columns.IMAGE_ID]), "images": len(np.unique(samples[Columns.IMAGE_ID])),
         "correct": int((correct == 1).sum()), "incorrect": int((correct == 0).sum()),
         "with_ground_truth_mask": int(with_mask.sum()),
-        "empty_region": int((_column(samples, "empty_region") == 1).sum()),
-        "review": int((_column(samples, "review") == 1).sum()),
+        "empty_region": int((_column(samples, Columns.EMPTY_REGION) == 1).sum()),
+        "review": int((_column(samples, Columns.REVIEW) == 1).sum()),
     }
 
 
@@ -190,11 +193,11 @@ def summarize(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int
 
 def _curve_areas(curves: dict) -> dict[str, float]:
     """Areas under the mean raw and SegX IoU-threshold curves of ``curves.json`` (trapezoid rule; NaN when absent)."""
-    thresholds = _curve(curves, "thresholds")
+    thresholds = _curve(curves, CurveFields.THRESHOLDS)
     return {
-        f"area_{kind}": float(torch.trapezoid(_curve(curves, f"auitc_curve_{kind}"), thresholds))
-        if f"auitc_curve_{kind}" in curves and len(thresholds) else math.nan
-        for kind in ("raw", "segx")
+        f"area_{kind}": float(torch.trapezoid(_curve(curves, curve_field(kind)), thresholds))
+        if curve_field(kind) in curves and len(thresholds) else math.nan
+        for kind in contract.MAP_VARIANTS
     }
 
 
@@ -203,12 +206,18 @@ def _curve(curves: dict, key: str) -> torch.Tensor:
     return torch.as_tensor(np.asarray(curves.get(key, []), dtype=float))
 
 
+def _overlay(samples: dict[str, np.ndarray], overlay_dir: Path, row: int) -> Path:
+    """The overlay image of one row, named as the explanation saver names it (with the finding, for multi-label)."""
+    finding = samples[Columns.FINDING][row] if Columns.FINDING in samples else None
+    return overlay_dir / f"{pair_stem(samples[Columns.IMAGE_ID][row], finding)}.png"
+
+
 def _select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int) -> dict[str, list[int]]:
     """Row indices per gallery section (see ``GALLERY``) among rows with an overlay, one row per image."""
-    ids = samples["image_id"]
-    has_overlay = np.array([(overlay_dir / f"{image_id}.png").is_file() for image_id in ids], dtype=bool)
-    iou_segx = _column(samples, "iou_at_q_segx")
-    order_keys = {"best": -iou_segx, "worst": iou_segx, "uncertain": _column(samples, "ciou")}
+    ids = samples[Columns.IMAGE_ID]
+    has_overlay = np.array([_overlay(samples, overlay_dir, row).is_file() for row in range(len(ids))], dtype=bool)
+    iou_segx = _column(samples, GALLERY_IOU)
+    order_keys = {"best": -iou_segx, "worst": iou_segx, "uncertain": _column(samples, Columns.CIOU)}
     selected = {}
     for section, key in order_keys.items():
         candidates = np.flatnonzero(has_overlay & np.isfinite(key))
@@ -281,9 +290,9 @@ def _plots(samples: dict[str, np.ndarray], curves: dict, summary: dict) -> str:
     drawn = {"raw": "raw", "segx": "SegX"}
     drawn = {kind: name for kind, name in drawn.items() if math.isfinite(areas[f"area_{kind}"])}
     if drawn:
-        thresholds = _curve(curves, "thresholds")
+        thresholds = _curve(curves, CurveFields.THRESHOLDS)
         lines = {
-            f"{name} (area {fmt(areas[f'area_{kind}'])})": (thresholds, _curve(curves, f"auitc_curve_{kind}"))
+            f"{name} (area {fmt(areas[f'area_{kind}'])})": (thresholds, _curve(curves, curve_field(kind)))
             for kind, name in drawn.items()
         }
         fig = render.line_plot(lines, "threshold τ on the [0, 1]-scaled map", "mean IoU with ground truth", "AUITC")
@@ -293,7 +302,7 @@ def _plots(samples: dict[str, np.ndarray], curves: dict, summary: dict) -> str:
     scored = {name: _certainty_inputs(samples, key) for key, name in CERTAINTY_SCORES.items()}
     scored = {name: (scores, correct) for name, (scores, correct) in scored.items() if len(scores)}
     if scored:
-        outcomes = _column(samples, "correct")
+        outcomes = _column(samples, Columns.CORRECT)
         accuracy = float(np.mean(outcomes[np.isfinite(outcomes)] == 1))
         risk = {name: risk_coverage_curve(scores, correct) for name, (scores, correct) in scored.items()}
         lines = {f"{name} (AURC {fmt(rc.aurc.item())})": (rc.coverage, rc.accuracy) for name, rc in risk.items()}
@@ -310,13 +319,13 @@ def _plots(samples: dict[str, np.ndarray], curves: dict, summary: dict) -> str:
 
 def _caption(samples: dict[str, np.ndarray], row: int) -> str:
     """A gallery caption: id (and finding), label, prediction with its probability, SegX IoU@q, cIoU, review flag."""
-    finding = f" ({samples['finding'][row]})" if "finding" in samples else ""
-    value = {name: fmt(_column(samples, name)[row]) for name in ("probability", "iou_at_q_segx", "ciou")}
-    review = "yes" if _column(samples, "review")[row] == 1 else "no"
+    finding = f" ({samples[Columns.FINDING][row]})" if Columns.FINDING in samples else ""
+    value = {name: fmt(_column(samples, name)[row]) for name in (Columns.PROBABILITY, GALLERY_IOU, Columns.CIOU)}
+    review = "yes" if _column(samples, Columns.REVIEW)[row] == 1 else "no"
     return (
-        f"{samples['image_id'][row]}{finding}: label {_text(samples, 'label', row)}, prediction "
-        f"{_text(samples, 'prediction', row)} (probability {value['probability']}), SegX IoU@q "
-        f"{value['iou_at_q_segx']}, cIoU {value['ciou']}, flagged for review: {review}"
+        f"{samples[Columns.IMAGE_ID][row]}{finding}: label {_text(samples, Columns.LABEL, row)}, prediction "
+        f"{_text(samples, Columns.PREDICTION, row)} (probability {value[Columns.PROBABILITY]}), SegX IoU@q "
+        f"{value[GALLERY_IOU]}, cIoU {value[Columns.CIOU]}, flagged for review: {review}"
     )
 
 
@@ -326,7 +335,7 @@ def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[s
     for section, rows in selected.items():
         heading, rule = GALLERY[section]
         tiles = [
-            (render.image_uri(overlay_dir / f"{samples['image_id'][row]}.png"), _caption(samples, row)) for row in rows
+            (render.image_uri(_overlay(samples, overlay_dir, row)), _caption(samples, row)) for row in rows
         ]
         body += f"<h3>{heading}</h3>" + render.paragraph(f"Cases with the {rule}.")
         body += render.figure_row(tiles, kind="gallery", notes=[] if tiles else ["No such case has an overlay image."])
@@ -353,13 +362,13 @@ def build_report(
         "settings": settings,
         "bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "level": 0.95},
         **summarize(samples, n_bootstrap, seed),
-        "auitc_curves": {"n": curves.get("n"), **_curve_areas(curves)},
-        "gallery": {section: samples["image_id"][rows].tolist() for section, rows in selected.items()},
+        "auitc_curves": {"n": curves.get(CurveFields.COUNT), **_curve_areas(curves)},
+        "gallery": {section: samples[Columns.IMAGE_ID][rows].tolist() for section, rows in selected.items()},
     }
-    if "finding" in samples:
+    if Columns.FINDING in samples:
         summary["by_finding"] = {
-            finding: summarize({k: v[samples["finding"] == finding] for k, v in samples.items()}, n_bootstrap, seed)
-            for finding in np.unique(samples["finding"]).tolist()
+            finding: summarize({k: v[samples[Columns.FINDING] == finding] for k, v in samples.items()}, n_bootstrap, seed)
+            for finding in np.unique(samples[Columns.FINDING]).tolist()
         }
     (folder / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
 

@@ -71,11 +71,12 @@ def write_report(study: optuna.Study, settings: SearchSettings, shown_url: str) 
 
 
 def write_overlay(path: Path, best: FrozenTrial, study_name: str, shown_url: str, metric: str, train_config: list[str]) -> Path:
-    """The best trial's values as a config file composed after the train config (a comment header says from where)."""
+    """The best trial's values as a config file composed after the train configs (a comment header says from where)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Best hyper-parameters of study {study_name!r} ({shown_url}), trial {best.number}: validation {metric} "
               f"{best.value:.6g}.\n# Written {datetime.datetime.now().isoformat(timespec='seconds')}. Train with them by composing "
-              f"this file after the train config:\n#   python -m monai.bundle run training --config_file \"{[*train_config, str(path)]}\"\n")
+              f"this file after the train configs, with the search's\n# other overrides (--bundle_root, --dataset_dir, ...):\n"
+              f"#   python -m monai.bundle run training --config_file \"{[*train_config, str(path)]}\"\n")
     path.write_text(header + yaml.safe_dump(dict(best.params), sort_keys=False))
     return path
 

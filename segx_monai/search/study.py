@@ -1,4 +1,4 @@
-"""Optuna study of a bundle's train config: each trial is a fresh ConfigWorkflow of that config, scored on validation.
+"""Optuna study of a bundle's train configs: each trial is a fresh ConfigWorkflow of them, scored on validation.
 
 The objective is the validation key metric's best value (``validate#evaluator.state.best_metric``: val_auroc for the
 classifier, val_dice for the segmenter), maximised. Trials read the training and validation folds of the saved split
@@ -12,7 +12,6 @@ when the process is interrupted with Ctrl-C).
 from __future__ import annotations
 
 import copy
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,16 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
+from monai.utils import ensure_tuple
 from optuna.trial import FrozenTrial, TrialState
 
 from segx_monai.search.pruning import OptunaPruningHandler
 from segx_monai.search.report import format_params, trial_note, write_report
 from segx_monai.search.space import SearchError, SearchSpace
 
-# top-level keys the trials do not take from this run: search.yaml's own (they run the train config's initialize and
-# finalize) and the metadata
-SEARCH_KEYS = ("search", "searching", "initialize", "finalize", "_meta_")
 MAX_RETRY = 3  # times a trial whose process died or was interrupted is queued again before it counts as failed
 
 
@@ -67,10 +64,11 @@ class SearchSettings:
             raise SearchError(f"search#n_trials must be a positive integer{' (null: the whole grid)' if sampler == 'grid' else ' with the tpe sampler'}; got {n_trials!r}.")
         if sampler == "grid" and n_trials > space.size:
             raise SearchError(f"search#n_trials {n_trials} exceeds the {space.size} points of the grid.")
-        train_config = [str(search["train_config"])] if isinstance(search["train_config"], (str, Path)) else [str(f) for f in search["train_config"]]
+        train_config = [str(f) for f in ensure_tuple(search["train_config"])]
         absent = [f for f in train_config if not Path(f).is_file()]
         if absent:
-            raise SearchError(f"search#train_config: {absent} not found; set it to the train config listed before search.yaml.")
+            raise SearchError(f"search#train_config: {absent} not found; expected the trials' config files, e.g. "
+                              "['configs/inference.yaml', 'configs/train_segmenter.yaml'].")
         heartbeat = search.get("heartbeat_interval", 30)
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
             raise SearchError(f"search#heartbeat_interval must be a whole number of seconds >= 1; got {heartbeat!r}.")
@@ -103,38 +101,22 @@ def _pruner(value) -> optuna.pruners.BasePruner:
     raise SearchError(f"search#pruner must be median, none or an Optuna pruner ({{_target_: optuna.pruners.MedianPruner, ...}}); got {value!r}.")
 
 
-def searching(search: Mapping) -> optuna.Study:
-    """The ``searching`` run of search.yaml: :func:`run_search` with this run's config as the trials' base.
+def run_search(settings: SearchSettings, overrides: Mapping) -> optuna.Study:
+    """Open or continue the study of ``settings`` and run trials until it has ``n_trials``; then write the report.
 
-    A bundle expression receives resolved values only, so the raw config (the train config with the command's
-    overrides, e.g. ``--dataset_dir``, ``--image_size``) is read from the ConfigParser evaluating this expression.
+    ``overrides``: config ids and values given to every trial on top of ``search#train_config`` (the command's
+    ``--KEY VALUE``). Every check (space ids, storage URL, the study's stored space) is done before the first trial trains.
     """
-    frame = sys._getframe(1)
-    while frame is not None and not isinstance(frame.f_locals.get("self"), ConfigParser):
-        frame = frame.f_back
-    if frame is None:
-        raise RuntimeError("searching(@search) runs from a bundle config (search.yaml's `searching`); from Python call run_search(search, base).")
-    raw = frame.f_locals["self"].get()
-    return run_search(search, {k: v for k, v in raw.items() if k not in SEARCH_KEYS})
-
-
-def run_search(search: Mapping, base: Mapping) -> optuna.Study:
-    """Check ``search``, open or continue its study and run trials until it has ``n_trials``; then write the report.
-
-    ``base``: top-level config values given to every trial on top of ``search#train_config`` (the command's overrides).
-    Every check (space ids, storage URL, the study's stored space) is done before the first trial trains.
-    """
-    settings = SearchSettings.from_config(search)
     reserved = {k: "each trial writes to its own folder and starts fresh" for k in _own_folder(settings.output_dir)}
     reserved.update({k: "search#pinned gives every trial this run's value (the data and its saved split)" for k in settings.pinned})
-    settings.space.check_ids(trial_workflow(settings, base, settings.output_dir, {}).parser, reserved)
+    settings.space.check_ids(trial_workflow(settings, overrides, settings.output_dir, {}).parser, reserved)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial instead of Optuna's own
     storage, shown_url = open_storage(settings.storage, settings.heartbeat_interval)
     study = open_study(storage, settings, shown_url)
     trials_dir = settings.output_dir / settings.study_name
     print(f"[search {settings.study_name}] {settings.sampler} search of {settings.space.names} on the validation fold, "
           f"{settings.n_trials} trials; study in {shown_url}, trials in {trials_dir}", flush=True)
-    objective = _Objective(settings, base, trials_dir)
+    objective = _Objective(settings, overrides, trials_dir)
     _work(study, objective, settings)
     report = write_report(study, settings, shown_url)
     trials = study.get_trials(deepcopy=False)
@@ -145,10 +127,10 @@ def run_search(search: Mapping, base: Mapping) -> optuna.Study:
     return study
 
 
-def trial_workflow(settings: SearchSettings, base: Mapping, trial_dir: Path, params: Mapping) -> ConfigWorkflow:
-    """A fresh train ConfigWorkflow: train config + ``base`` + pinned data + its own folder (not resumed) + ``params``."""
-    overrides = {**copy.deepcopy(dict(base)), **settings.pinned, **_own_folder(trial_dir), **params}
-    return ConfigWorkflow(config_file=settings.train_config, workflow_type="train", run_id="training", **overrides)
+def trial_workflow(settings: SearchSettings, overrides: Mapping, trial_dir: Path, params: Mapping) -> ConfigWorkflow:
+    """A fresh train ConfigWorkflow: train configs + ``overrides`` + pinned data + its own folder (not resumed) + ``params``."""
+    trial = {**copy.deepcopy(dict(overrides)), **settings.pinned, **_own_folder(trial_dir), **params}
+    return ConfigWorkflow(config_file=settings.train_config, workflow_type="train", run_id="training", **trial)
 
 
 def _own_folder(trial_dir: Path) -> dict:
@@ -217,8 +199,8 @@ def open_study(storage: optuna.storages.RDBStorage, settings: SearchSettings, sh
 class _Objective:
     """One trial: train the bundle with the trial's values in its own folder; return the best validation key metric."""
 
-    def __init__(self, settings: SearchSettings, base: Mapping, trials_dir: Path) -> None:
-        self.settings, self.base, self.trials_dir = settings, base, trials_dir
+    def __init__(self, settings: SearchSettings, overrides: Mapping, trials_dir: Path) -> None:
+        self.settings, self.overrides, self.trials_dir = settings, overrides, trials_dir
         self.number = -1  # the trial being run
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -242,7 +224,7 @@ class _Objective:
         params = self.settings.space.suggest(trial)
         trial_dir = self.trials_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("trial_dir", str(trial_dir))
-        workflow = trial_workflow(self.settings, self.base, trial_dir, params)
+        workflow = trial_workflow(self.settings, self.overrides, trial_dir, params)
         workflow.initialize()
         evaluator = workflow.parser.get_parsed_content("validate#evaluator")
         pruning = OptunaPruningHandler(trial, workflow.parser.get_parsed_content("train#trainer"))

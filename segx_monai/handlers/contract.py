@@ -1,0 +1,102 @@
+"""The names the evaluator handlers share, declared once: the keys they add to each decollated item of
+``engine.state.output`` (with the handler that adds each), the columns of the sample table (``samples.csv`` of an
+interpretation, ``predictions.csv`` of an inference) and the fields of ``curves.json``. The report and the MONAI Label
+app read the same names from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+class OutputKeys:
+    """Keys of each output item, in the order the handlers add them (``P``: the item's explained pairs)."""
+
+    IMAGE = "image"  # the evaluator: the network input (C, *spatial)
+    PRED = "pred"  # the evaluator: the network output after its postprocessing (class probabilities)
+    REGION_PROB = "region_prob"  # (1, *spatial) probability of the clinical region
+    MAP = "map"  # (P, 1, *spatial) raw explanation maps
+    EXPLAINED_CLASSES = "explained_classes"  # the P explained class indices
+    SEGX_MAP = "segx_map"  # (P, 1, *spatial) maps restricted to the region
+    SEGX_BINARY = "segx_binary"  # (P, 1, *spatial) boolean: the most relevant pixels within the region
+    REGION_MASK = "region_mask"  # (P, 1, *spatial) boolean: the region mask SegX used
+    ROWS = "rows"  # P dicts of sample-table columns (one row before an explainer says which classes it explains)
+
+
+MADE_BY = {
+    OutputKeys.IMAGE: "the evaluator (its input batch)",
+    OutputKeys.PRED: "the evaluator (its network and postprocessing)",
+    OutputKeys.REGION_PROB: "segx_monai.handlers.region.RegionSegmentation",
+    OutputKeys.MAP: "segx_monai.handlers.segx.ExplainPredictions",
+    OutputKeys.EXPLAINED_CLASSES: "segx_monai.handlers.segx.ExplainPredictions",
+    OutputKeys.SEGX_MAP: "segx_monai.handlers.segx.SegXMaps",
+    OutputKeys.SEGX_BINARY: "segx_monai.handlers.segx.SegXMaps",
+    OutputKeys.REGION_MASK: "segx_monai.handlers.segx.SegXMaps",
+}
+
+
+class Columns:
+    """Columns of the sample table: one row per explained (sample, class) pair."""
+
+    IMAGE_ID = "image_id"
+    FINDING = "finding"  # multi-label: the explained finding ('' on the one row of an image with none predicted)
+    PREDICTION = "prediction"  # single-label: the predicted class
+    PROBABILITY = "probability"  # of the predicted class, or of the explained finding
+    THRESHOLD = "threshold"  # multi-label: the finding's decision threshold
+    PREDICTED_FINDINGS = "predicted_findings"  # multi-label: the findings above their thresholds, ';'-separated
+    LABEL = "label"  # the true class, or the true findings ';'-separated
+    CORRECT = "correct"  # 1 when the prediction (the explained finding) is right, 0 when wrong
+    EMPTY_REGION = "empty_region"  # 1 when the segmenter found no region (SegX kept the raw map)
+    CIOU = "ciou"
+    CAUITC = "cauitc"
+    REVIEW = "review"  # 1 when the chosen SegU score is below the review threshold
+    TEXT = (IMAGE_ID, FINDING, PREDICTION, PREDICTED_FINDINGS, LABEL)  # columns of text, whatever their cells hold
+
+
+CERTAINTY_SCORES = (Columns.CIOU, Columns.CAUITC)
+LOCALIZATION_METRICS = ("iou_at_q", "auitc", "hit", "relevance_mass")
+MAP_VARIANTS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP}  # the maps that localisation compares
+
+
+def probability_column(class_name: str) -> str:
+    """The column of one class's probability."""
+    return f"p_{class_name}"
+
+
+def pair_stem(image_id: object, finding: str | None = None) -> str:
+    """``<image_id>`` or ``<image_id>_<finding>``: the file name stem of one explained pair's maps and overlay."""
+    return f"{image_id}_{finding.replace(' ', '_')}" if finding else str(image_id)
+
+
+def localization_column(metric: str, variant: str, prefix: str = "") -> str:
+    """The column of a localisation ``metric`` of the ``variant`` map; ``prefix`` names a second ground truth."""
+    return f"{prefix}{metric}_{variant}"
+
+
+class CurveFields:
+    """Fields of ``curves.json``: the thresholds and how many pairs the mean curves (see ``curve_field``) average."""
+
+    THRESHOLDS = "thresholds"
+    COUNT = "n"
+
+
+def curve_field(variant: str) -> str:
+    """The field of ``curves.json`` holding the mean IoU-threshold curve of the ``variant`` map."""
+    return f"auitc_curve_{variant}"
+
+
+class HandlerOrderError(LookupError):
+    """An output item lacks a key that a handler reads: the handler that makes it is missing or comes later."""
+
+
+def check_output(items: Iterable[dict], keys: Sequence[str], handler: object) -> None:
+    """Raise :class:`HandlerOrderError` naming the first of ``keys`` that an item lacks and the handler that makes it,
+    which must come before ``handler`` in the evaluator's handlers."""
+    for item in items:
+        for key in keys:
+            if key not in item:
+                name = type(handler).__name__
+                raise HandlerOrderError(
+                    f"{name}: the output items have no {key!r}; it is made by {MADE_BY.get(key, 'a handler')}, "
+                    f"which must come before {name} in the evaluator's handlers (has {sorted(item)})"
+                )

@@ -1,0 +1,52 @@
+"""The map helpers on hand-worked 4x4 cases, and that explainers, SegX, metrics and writers share them."""
+
+from importlib import import_module
+
+import torch
+
+from segx_monai.core import maps
+from segx_monai.core.maps import minmax_normalize, per_sample_quantile, resize_maps, top_fraction_mask
+
+from conftest import RAMP, block
+
+
+def test_resize_down_averages_each_2x2_block():
+    # bilinear, align_corners=False: each output pixel centre lies between 4 input pixels, e.g. (0+1+4+5)/4 = 2.5
+    expected = torch.tensor([[2.5, 4.5], [10.5, 12.5]])[None, None]
+    torch.testing.assert_close(resize_maps(RAMP, (2, 2)), expected)
+
+
+def test_resize_up_interpolates_and_clamps_at_the_border():
+    # 4x4 from [[0, 4], [8, 12]]: source coordinates (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to
+    # 0, 0.25, 0.75, 1; value = 4 x + 8 y
+    coarse = torch.tensor([[0, 4], [8, 12]])[None, None]  # integers: resampled as floats
+    expected = torch.tensor([[0.0, 1, 3, 4], [2, 3, 5, 6], [6, 7, 9, 10], [8, 9, 11, 12]])[None, None]
+    torch.testing.assert_close(resize_maps(coarse, torch.tensor([4, 4])), expected)
+
+
+def test_resize_keeps_maps_already_on_the_grid():
+    assert resize_maps(RAMP, (4, 4)) is RAMP and resize_maps(RAMP, None) is RAMP
+
+
+def test_minmax_normalize_4x4():
+    # (E - min) / (max - min) per sample: RAMP - 5 spans [-5, 10] -> RAMP / 15; a constant map -> 0
+    normalised = minmax_normalize(torch.cat([RAMP - 5, torch.full_like(RAMP, 3.0)]))
+    torch.testing.assert_close(normalised[0], RAMP[0] / 15)
+    assert torch.equal(normalised[1], torch.zeros(1, 4, 4))
+
+
+def test_top_fraction_4x4():
+    # q = 0.5: quantile 0.5 of 0..15 is 7.5 -> the bottom half; q = 0.25: 11.25 -> the last row
+    assert per_sample_quantile(RAMP, 0.5).item() == 7.5
+    assert torch.equal(top_fraction_mask(RAMP, 0.5), block(slice(2, 4), slice(None)))
+    assert torch.equal(top_fraction_mask(RAMP, 0.25), block(slice(3, 4), slice(None)))
+
+
+def test_one_implementation_of_each_helper():
+    segu, segx, base, writers, localization = map(import_module, (
+        "segx_monai.core.segu", "segx_monai.core.segx", "segx_monai.explainers.base", "segx_monai.handlers.writers",
+        "segx_monai.metrics.localization",
+    ))
+    assert base.resize_maps is writers.resize_maps is maps.resize_maps
+    assert base.minmax_normalize is segu.minmax_normalize is localization.minmax_normalize is maps.minmax_normalize
+    assert segx.top_fraction_mask is segu.top_fraction_mask is maps.top_fraction_mask
