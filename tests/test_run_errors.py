@@ -58,6 +58,7 @@ def test_inference_stops_at_an_unreadable_input_with_no_table(trained_ham_bundle
     (INFER, "inferring", ["--q", "2.0"], ["--q: no such config key", "top_fraction"]),
     (["inference.yaml", "interpret.yaml"], "interpreting", ["--explainer_name", "nonsense"], ["'nonsense'", "gradcam", "gradient_shap"]),
     (["inference.yaml", "train_classifier.yaml"], "training", ["--image_size", "abc"], ["--image_size 'abc'", "integer"]),
+    (["inference.yaml", "train_classifier.yaml"], "training", ["--val_fraction", "abc"], ["--val_fraction 'abc'", "number"]),
     (["inference.yaml", "train_classifier.yaml"], "training", ["--ckpt_dir", "FILE"], ["ckpt_dir", "is a file"]),
 ])
 def test_refused_before_any_work(configs, run_id, args, expected, tmp_path):

@@ -94,6 +94,9 @@ def check_run() -> None:
     check_folders(workflow.parser)
 
 
+MODULE_CONSTANT = re.compile(r"^\$[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")  # a config value that names a module's constant
+
+
 def check_overrides(config_file: Any, args: dict) -> None:
     """Refuse override ids the config files do not define (naming the nearest) and values whose type differs from
     the default's when that is a number or boolean; ``args`` are the workflow's kwargs, overrides among them."""
@@ -110,7 +113,10 @@ def check_overrides(config_file: Any, args: dict) -> None:
         if id_ not in defaults and not (parent and parent in defaults and isinstance(defaults[parent], dict)):
             raise ConfigError(f"--{key}: no such config key; nearest: {', '.join(nearest_ids(id_, defaults)) or 'none similar'}.")
         if id_ in defaults:
-            check_type(key, value, defaults[id_])
+            default = defaults[id_]
+            if isinstance(default, str) and MODULE_CONSTANT.match(default):  # e.g. the split defaults: typed by their value
+                default = defaults.get_parsed_content(id_)
+            check_type(key, value, default)
 
 
 def nearest_ids(id_: str, config: ConfigParser, n: int = 3) -> list[str]:
