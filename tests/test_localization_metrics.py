@@ -61,6 +61,22 @@ def test_hit_ties_take_first_index():
     assert compute_hit(torch.ones(1, 1, 4, 4), block(slice(0, 1), slice(0, 1))).item() == 1.0
 
 
+def test_iou_and_hit_of_a_declared_set():
+    # selected = rows 2-3 of columns 0-1 against the last row: IoU 2/6; RAMP's peak within it is 13 at (3, 1), in G;
+    # an empty set scores 0 for both, and an empty G stays undefined
+    selected = torch.cat([block(slice(2, 4), slice(0, 2)), EMPTY, block(slice(2, 4), slice(0, 2))])
+    gts = torch.cat([LAST_ROW, LAST_ROW, EMPTY])
+    iou = compute_iou_at_q(RAMP.expand(3, 1, 4, 4), gts, q=0.25, selected=selected)
+    assert iou[:2].tolist() == pytest.approx([1 / 3, 0.0]) and iou[2].isnan()
+    hit = compute_hit(RAMP.expand(3, 1, 4, 4), torch.cat([block(slice(3, 4), slice(1, 2)), LAST_ROW, EMPTY]), selected=selected)
+    assert hit[:2].tolist() == [1.0, 0.0] and hit[2].isnan()
+    metric = HitRateMetric(get_not_nans=True)
+    metric(RAMP, block(slice(3, 4), slice(1, 2)), selected=selected[:1])  # the cumulative metric passes the set on
+    assert metric.aggregate()[0].item() == 1.0
+    with pytest.raises(ValueError, match=r"selected must have the ground truth's shape \(1, 1, 4, 4\), got \(1, 1, 2, 2\)"):
+        compute_iou_at_q(RAMP, LAST_ROW, selected=torch.ones(1, 1, 2, 2, dtype=torch.bool))
+
+
 def test_hit_resamples_map_to_gt():
     # 2x2 [[0, 4], [0, 4]] -> 4x4 rows [0, 1, 3, 4]: first maximum at (0, 3)
     coarse = torch.tensor([[0.0, 4.0], [0.0, 4.0]])[None, None]
@@ -184,7 +200,7 @@ def _score_in_two_processes(rank: int, store: str, out: str) -> None:
 def _two_images(explained: bool) -> dict:
     """Batch and output items of two images (ground truths: last row, bottom-right 2x2), explained or not."""
     pairs = 1 if explained else 0
-    output = [{"map": RAMP[:pairs], "segx_map": (RAMP * LAST_ROW)[:pairs], "rows": [{}]} for _ in range(2)]
+    output = [{"map": RAMP[:pairs], "segx_map": (RAMP * LAST_ROW)[:pairs], "segx_binary": LAST_ROW[:pairs], "rows": [{}]} for _ in range(2)]
     return {"batch": [{"mask": LAST_ROW[0]}, {"mask": BOTTOM_RIGHT_2X2[0]}], "output": output}
 
 

@@ -1,4 +1,5 @@
-"""SegU: IoU helpers, cIoU and cAUITC on hand-worked 4x4 cases, empty masks, flat maps, devices."""
+"""SegU: IoU helpers, cIoU and cAUITC, and the size-aware precision, relevance mass and rank accuracy on hand-worked
+4x4 cases, empty masks, flat maps, devices."""
 
 import pytest
 import torch
@@ -6,8 +7,12 @@ import torch
 from segx_monai.core import (
     compute_cauitc,
     compute_ciou,
+    compute_cprecision,
+    compute_crank_accuracy,
+    compute_crelevance_mass,
     iou,
     minmax_normalize,
+    relevance_mass,
     segx,
     threshold_curve_area,
     threshold_curve_iou,
@@ -94,12 +99,61 @@ def test_cauitc_flat_map_and_empty_mask():
     torch.testing.assert_close(compute_cauitc(maps, masks), torch.tensor([0.00125, 0.00125, 0.0]))
 
 
+def test_size_aware_scores():
+    # RAMP, q = 0.25: the top 25% (values above 11.25) is the last row, 12..15; total mass 0 + ... + 15 = 120
+    # M = bottom-right 2x2 (10, 11, 14, 15): precision |{14, 15}| / 4 = 0.5; mass (10 + 11 + 14 + 15) / 120 = 50 / 120;
+    #     rank: the 4 highest (12..15) hold 14, 15 -> 2 / 4 = 0.5
+    # M = bottom-right 3x3 (5, 6, 7, 9, 10, 11, 13, 14, 15): precision |{13, 14, 15}| / 4 = 0.75; mass 90 / 120 = 0.75;
+    #     rank: the 9 highest (7..15) hold 7, 9, 10, 11, 13, 14, 15 -> 7 / 9
+    maps = torch.cat([RAMP, RAMP])
+    masks = torch.cat([block(slice(2, 4), slice(2, 4)), block(slice(1, 4), slice(1, 4))])
+    torch.testing.assert_close(compute_cprecision(maps, masks, q=0.25), torch.tensor([0.5, 0.75]))
+    torch.testing.assert_close(compute_crelevance_mass(maps, masks), torch.tensor([50 / 120, 0.75]))
+    torch.testing.assert_close(compute_crank_accuracy(maps, masks), torch.tensor([0.5, 7 / 9]))
+
+
+def test_size_aware_scores_ties_flat_maps_and_empty_masks():
+    # 1: map 1 on the top-left 2x2, 0 elsewhere; M = that 2x2 and (2, 0), |M| = 5. Rank: the 6th highest value is 0, so
+    #    the tied zeros are left out and only the four 1s count: 4 / 5. Precision (q = 0.25): quantile 0.75 = 0.25, the
+    #    top set is the four 1s, all in M: 1. Mass 4 / 4 = 1.
+    # 2: flat map 5, M = top-left 2x2: no top set (precision 0), mass 4 * 5 / (16 * 5) = 0.25, nothing above the 5th
+    #    highest value (rank 0).  3: all-zero map: every score undefined -> 0.  4: empty M: 0, as for cIoU.
+    tied = TOP_LEFT_2X2.float()
+    maps = torch.cat([tied, torch.full_like(RAMP, 5.0), torch.zeros_like(RAMP), RAMP])
+    masks = torch.cat([TOP_LEFT_2X2 | block(slice(2, 3), slice(0, 1)), TOP_LEFT_2X2, TOP_LEFT_2X2, EMPTY])
+    assert compute_crank_accuracy(maps, masks).tolist() == pytest.approx([0.8, 0, 0, 0])
+    assert compute_cprecision(maps, masks, q=0.25).tolist() == [1, 0, 0, 0]
+    assert compute_crelevance_mass(maps, masks).tolist() == [1, 0.25, 0, 0]
+
+
+def test_relevance_mass_counts_positive_relevance_only():
+    # RAMP - 8 = -8..7: positive relevance 1..7 (total 28); M = last row (4, 5, 6, 7): 22 / 28; zero map, empty M: NaN
+    maps = torch.cat([RAMP - 8, torch.zeros_like(RAMP), RAMP])
+    scores = relevance_mass(maps, torch.cat([block(slice(3, 4), slice(None)), TOP_LEFT_2X2, EMPTY]))
+    assert scores[0].item() == pytest.approx(22 / 28) and scores[1:].isnan().all()
+
+
+def test_size_aware_scores_are_not_capped_by_region_size():
+    # M = rows 1-3, 75% of the image; q = 0.25 keeps 4 pixels, so cIoU <= 4 / 12 = q / 0.75 whatever the map.
+    # RAMP's top 25% (last row) lies entirely inside M: cIoU = 4 / 12 at its cap, precision and rank accuracy 1,
+    # mass (4 + ... + 15) / 120 = 0.95
+    region = block(slice(1, 4), slice(None))
+    assert compute_ciou(RAMP, region, q=0.25).item() == pytest.approx(0.25 / 0.75)
+    assert compute_cprecision(RAMP, region, q=0.25).item() == 1.0
+    assert compute_crank_accuracy(RAMP, region).item() == 1.0
+    assert compute_crelevance_mass(RAMP, region).item() == pytest.approx(0.95)
+    maps = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    assert (compute_ciou(maps, region.expand(64, 1, 4, 4), q=0.25) <= 0.25 / 0.75 + 1e-6).all()
+
+
 def test_threshold_curve_area_rejects_single_threshold():
     with pytest.raises(ValueError, match="n_thresholds"):
         threshold_curve_area(RAMP, TOP_LEFT_2X2, n_thresholds=1)
 
 
-@pytest.mark.parametrize("score_fn", [compute_ciou, compute_cauitc])
+@pytest.mark.parametrize(
+    "score_fn", [compute_ciou, compute_cauitc, compute_cprecision, compute_crelevance_mass, compute_crank_accuracy]
+)
 def test_batched_equals_per_sample(score_fn):
     generator = torch.Generator().manual_seed(2)
     maps = torch.rand(4, 1, 5, 7, generator=generator)
@@ -141,6 +195,9 @@ def test_outputs_stay_on_input_device(meta_default_device):
         minmax_normalize(maps),
         compute_ciou(maps, masks),
         compute_cauitc(maps, masks),
+        compute_cprecision(maps, masks),
+        compute_crelevance_mass(maps, masks),
+        compute_crank_accuracy(maps, masks),
         compute_iou_at_q(maps, masks),
         compute_auitc(maps, masks),
         compute_hit(maps, masks),

@@ -1,8 +1,11 @@
 """SegU: certainty of a prediction from how well its explanation matches the predicted clinical region (METHOD.md §3).
 
-The overlap helpers here (``iou``, ``threshold_curve_iou``, ``top_fraction_iou``, ``threshold_curve_area``) are
-the formulas shared with the interpretability metrics of ``segx_monai.metrics.localization``, which apply them to
-a ground-truth mask instead of the predicted one. Tensors are batched channel-first ``(B, 1, *spatial)``.
+The overlap helpers here (``iou``, ``threshold_curve_iou``, ``top_fraction_iou``, ``threshold_curve_area``,
+``relevance_mass``) are the formulas shared with the interpretability metrics of ``segx_monai.metrics.localization``,
+which apply them to a ground-truth mask instead of the predicted one. Tensors are batched channel-first
+``(B, 1, *spatial)``. cIoU and cAUITC are the paper's scores; the top fraction q covers at most q of the image, so
+cIoU <= q / (region share of the image) whatever the map. Precision, relevance mass and rank accuracy do not depend
+on the region's size.
 """
 
 from __future__ import annotations
@@ -78,3 +81,47 @@ def compute_cauitc(maps: torch.Tensor, masks: torch.Tensor, n_thresholds: int = 
     Grid and normalisation as in ``threshold_curve_area``; an empty predicted mask gives 0, as for ``compute_ciou``.
     """
     return threshold_curve_area(maps, masks, n_thresholds).nan_to_num(nan=0.0)
+
+
+def relevance_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Relevance mass (Arras et al. 2022): share of the map's positive relevance inside the mask, Σ E⁺·M / Σ E⁺,
+    ``(B,)``.
+
+    NaN where the mask is empty, and where the map has no positive value (no relevance to share).
+    """
+    maps = align_map_to_mask(maps, masks)
+    relevance = maps.flatten(1).clamp(min=0)
+    total = relevance.sum(dim=1)
+    inside = (relevance * masks.flatten(1).bool()).sum(dim=1)
+    mass = (inside / total).where(total > 0, float("nan"))
+    return mass.where(masks.flatten(1).bool().any(dim=1), float("nan"))
+
+
+def compute_cprecision(maps: torch.Tensor, masks: torch.Tensor, q: float = 0.05) -> torch.Tensor:
+    """SegU precision, ``(B,)``: share of the raw map's top fraction ``q`` (``top_fraction_mask``) inside the mask.
+
+    |T_q ∩ M| / |T_q| (METHOD.md §8); 0 for an empty mask or an empty T_q (a flat map), as for ``compute_ciou``.
+    """
+    maps = align_map_to_mask(maps, masks)
+    top = top_fraction_mask(maps, q).flatten(1)
+    n_inside = (top & masks.flatten(1).bool()).sum(dim=1)
+    return (n_inside / top.sum(dim=1).clamp(min=1)).to(maps.dtype)
+
+
+def compute_crelevance_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """SegU relevance mass, ``(B,)``: ``relevance_mass`` of the raw map in the mask; 0 where that is undefined."""
+    return relevance_mass(maps, masks).nan_to_num(nan=0.0)
+
+
+def compute_crank_accuracy(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """SegU rank accuracy (Arras et al. 2022), ``(B,)``: share of the raw map's |M| highest pixels inside the mask M.
+
+    Pixels tied with the (|M| + 1)-th highest value are left out, as in ``top_fraction_mask``, so a flat map scores 0;
+    an empty mask gives 0, as for ``compute_ciou``.
+    """
+    values = align_map_to_mask(maps, masks).flatten(1)
+    inside = masks.flatten(1).bool()
+    size = inside.sum(dim=1, keepdim=True)
+    descending = F.pad(values.sort(dim=1, descending=True).values, (0, 1), value=float("-inf"))
+    top = values > descending.gather(1, size)  # above the (|M| + 1)-th highest value (-inf when M is every pixel)
+    return ((top & inside).sum(dim=1) / size[:, 0].clamp(min=1)).to(values.dtype)

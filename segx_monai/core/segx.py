@@ -56,7 +56,8 @@ class SegXResult(NamedTuple):
     heatmap: torch.Tensor
     """Continuous SegX map ``(B, 1, *spatial)``: the map restricted to the clinical region."""
     binary: torch.Tensor
-    """Boolean SegX map ``(B, 1, *spatial)``: the most relevant pixels within the clinical region."""
+    """Boolean SegX map ``(B, 1, *spatial)``: the most relevant pixels within the clinical region, the set whose
+    IoU@q and hit the localisation metrics report for SegX (the variants differ only here)."""
     mask: torch.Tensor
     """Boolean clinical mask ``(B, 1, *spatial)``: thresholded (and dilated) segmentation."""
     empty_mask: torch.Tensor

@@ -47,15 +47,24 @@ class Columns:
     LABEL = "label"  # the true class, or the true findings ';'-separated
     CORRECT = "correct"  # 1 when the prediction (the explained finding) is right, 0 when wrong
     EMPTY_REGION = "empty_region"  # 1 when the segmenter found no region (SegX kept the raw map)
-    CIOU = "ciou"
+    CIOU = "ciou"  # SegU scores of the raw map against the predicted region M; cIoU and cAUITC as in the paper
     CAUITC = "cauitc"
+    CPRECISION = "cprecision"  # share of the map's top fraction q inside M
+    CRELEVANCE_MASS = "crelevance_mass"  # share of the map's positive relevance inside M
+    CRANK_ACCURACY = "crank_accuracy"  # share of the map's |M| highest pixels inside M
+    REGION_FRACTION = "region_fraction"  # M's share of the image: above q, cIoU cannot exceed q / region_fraction
     REVIEW = "review"  # 1 when the chosen SegU score is below the review threshold
     TEXT = (IMAGE_ID, FINDING, PREDICTION, PREDICTED_FINDINGS, LABEL)  # columns of text, whatever their cells hold
 
 
-CERTAINTY_SCORES = (Columns.CIOU, Columns.CAUITC)
+CERTAINTY_SCORES = (Columns.CIOU, Columns.CAUITC, Columns.CPRECISION, Columns.CRELEVANCE_MASS, Columns.CRANK_ACCURACY)
 LOCALIZATION_METRICS = ("iou_at_q", "auitc", "hit", "relevance_mass")
 MAP_VARIANTS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP}  # the maps that localisation compares
+# the set of most relevant pixels a map declares itself (SegX: its variant's binary map), which IoU@q and hit score in
+# place of the map's own top q and maximum; a map without one (raw) is scored by its own
+DECLARED_SETS = {"segx": OutputKeys.SEGX_BINARY}
+SET_METRICS = ("iou_at_q", "hit")
+SAVED_MAPS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP, "segx_binary": OutputKeys.SEGX_BINARY}  # see map_stem
 
 
 def probability_column(class_name: str) -> str:
@@ -66,6 +75,14 @@ def probability_column(class_name: str) -> str:
 def pair_stem(image_id: object, finding: str | None = None) -> str:
     """``<image_id>`` or ``<image_id>_<finding>``: the file name stem of one explained pair's maps and overlay."""
     return f"{image_id}_{finding.replace(' ', '_')}" if finding else str(image_id)
+
+
+def map_stem(image_id: object, finding: str | None, kind: str) -> str:
+    """``<pair_stem>_<kind>``: the file name stem (``maps/<stem>.nii.gz``, ``.png``) of one pair's ``kind`` of map,
+    ``kind`` a name of ``SAVED_MAPS``."""
+    if kind not in SAVED_MAPS:
+        raise ValueError(f"unknown map kind {kind!r}; expected one of {sorted(SAVED_MAPS)}.")
+    return f"{pair_stem(image_id, finding)}_{kind}"
 
 
 def localization_column(metric: str, variant: str, prefix: str = "") -> str:

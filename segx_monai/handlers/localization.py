@@ -21,8 +21,10 @@ from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import MetricReduction
 
 from segx_monai.handlers.contract import (
+    DECLARED_SETS,
     LOCALIZATION_METRICS,
     MAP_VARIANTS,
+    SET_METRICS,
     CurveFields,
     OutputKeys,
     curve_field,
@@ -83,6 +85,10 @@ class RelevanceMass(LocalizationHandler):
 class LocalizationScores(IterationHandler):
     """IoU@q, AUITC, hit and relevance mass of the raw and the SegX map against a ground-truth mask, per explained pair.
 
+    What each column measures: ``iou_at_q_raw`` the raw map's top fraction ``q``, ``hit_raw`` the raw map's maximum;
+    ``iou_at_q_segx`` SegX's binary map (``segx_binary``, the set the chosen variant declares most relevant: the top
+    ``q`` of the SegX map for ``rethreshold``, the raw top ``q`` within the region for ``intersect``), ``hit_segx`` the
+    SegX map's maximum over that set (0 when it is empty); AUITC and relevance mass, of either map, the continuous map.
     The ground truth ``gt_key`` is read from the batch: ``(1, *spatial)`` for one clinical region, or ``(K, *spatial)``
     with ``per_class`` (one mask per finding, the explained class's channel is used); rows without it get no value.
     Each score goes to its pair's row (columns ``<prefix><metric>_<raw|segx>``, see ``contract``) and into one
@@ -97,7 +103,7 @@ class LocalizationScores(IterationHandler):
         curves_path: str | Path | None = None, prefix: str = "",
     ) -> None:
         self.gt_key, self.per_class, self.curves_path = gt_key, per_class, curves_path
-        self.requires = (OutputKeys.MAP, OutputKeys.SEGX_MAP) + ((OutputKeys.EXPLAINED_CLASSES,) if per_class else ())
+        self.requires = (OutputKeys.MAP, OutputKeys.SEGX_MAP, OutputKeys.SEGX_BINARY) + ((OutputKeys.EXPLAINED_CLASSES,) if per_class else ())
         metric_types = {"iou_at_q": partial(IoUAtQMetric, q=q), "auitc": partial(AUITCMetric, n_thresholds=n_thresholds),
                         "hit": HitRateMetric, "relevance_mass": RelevanceMassMetric}
         self.metrics = {
@@ -129,9 +135,11 @@ class LocalizationScores(IterationHandler):
         rows = [row for _, item in pairs for row in item_rows(item)]
         for variant, key in MAP_VARIANTS.items():
             maps = torch.cat([item[key] for _, item in pairs])
+            declared = {"selected": torch.cat([item[DECLARED_SETS[variant]] for _, item in pairs])} if variant in DECLARED_SETS else {}
             for metric in LOCALIZATION_METRICS:
                 column = self.columns[variant, metric]
-                for row, value in zip(rows, self.metrics[variant, metric](maps, gt)[:, 0].tolist()):
+                options = declared if metric in SET_METRICS else {}
+                for row, value in zip(rows, self.metrics[variant, metric](maps, gt, **options)[:, 0].tolist()):
                     row[column] = value
             self.curves[variant](maps, gt)
 

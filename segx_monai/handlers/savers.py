@@ -11,9 +11,10 @@ import numpy as np
 import pydicom
 import torch
 from ignite.engine import Engine
+from monai.transforms import LabelToContour
 from PIL import Image
 
-from segx_monai.handlers.contract import Columns, OutputKeys, pair_stem
+from segx_monai.handlers.contract import SAVED_MAPS, Columns, OutputKeys, map_stem, pair_stem
 from segx_monai.handlers.writers import IterationHandler, item_rows
 from segx_monai.io.dicom import is_dicom
 from segx_monai.io.dicom_writer import write_secondary_capture
@@ -42,15 +43,19 @@ def heat_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> n
     return (picture * (1 - weight) + coloured * weight).round().astype(np.uint8)
 
 
-def overlay_strip(picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx_map: np.ndarray) -> np.ndarray:
-    """image | raw map | predicted region (contour-free tint) | SegX map, side by side."""
+def overlay_strip(picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx_map: np.ndarray, segx_binary: np.ndarray) -> np.ndarray:
+    """image | raw map | predicted region (contour-free tint) | SegX map, side by side; the SegX panel outlines in
+    white the binary map, the set the SegX variant declares most relevant (MONAI's ``LabelToContour``)."""
     tint = picture.copy()
     tint[region > 0] = (0.5 * tint[region > 0] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
-    return np.concatenate([picture, heat_overlay(picture, raw), tint, heat_overlay(picture, scaled_to_max(segx_map))], axis=1)
+    segx_panel = heat_overlay(picture, scaled_to_max(segx_map))
+    segx_panel[LabelToContour()(torch.as_tensor(segx_binary[None], dtype=torch.float32))[0].numpy() > 0] = 255
+    return np.concatenate([picture, heat_overlay(picture, raw), tint, segx_panel], axis=1)
 
 
 class ExplanationSaver(IterationHandler):
-    """Saves ``<id>[_<finding>]_raw`` / ``_segx`` maps (``.nii.gz`` float, ``.png`` 8-bit) and ``overlays/<id>....png``.
+    """Saves each pair's ``SAVED_MAPS`` as ``maps/<id>[_<finding>]_raw`` / ``_segx`` / ``_segx_binary`` (``.nii.gz``
+    float, ``.png`` 8-bit; the binary map 0/1 and 0/255) and its overlay strip as ``overlays/<id>[_<finding>].png``.
 
     ``mean``/``std`` are those of the images' normalisation, to show the picture the classifier saw. Maps are written
     at the network's grid; ``display_size`` enlarges the overlays for reading (nearest neighbour, no smoothing).
@@ -65,7 +70,7 @@ class ExplanationSaver(IterationHandler):
         unknown = set(self.formats) - {"nii.gz", "png"}
         if unknown:
             raise ValueError(f"unknown map formats {sorted(unknown)}; expected 'nii.gz' and/or 'png'.")
-        self.requires = (image_key, OutputKeys.MAP, OutputKeys.SEGX_MAP, OutputKeys.REGION_MASK)
+        self.requires = (image_key, *SAVED_MAPS.values(), OutputKeys.REGION_MASK)
 
     def _write_map(self, heat: np.ndarray, stem: str) -> None:
         if "nii.gz" in self.formats:
@@ -79,12 +84,14 @@ class ExplanationSaver(IterationHandler):
         for batch_item, item in self.items(engine):
             picture = display_image(item[self.image_key], self.mean, self.std)
             for n, row in enumerate(item_rows(item)[: item[OutputKeys.MAP].shape[0]]):
-                stem = pair_stem(batch_item[self.id_key], row.get(Columns.FINDING))
-                raw, segx_map = item[OutputKeys.MAP][n, 0].cpu().numpy(), item[OutputKeys.SEGX_MAP][n, 0].float().cpu().numpy()
-                self._write_map(raw, f"{stem}_raw")
-                self._write_map(segx_map, f"{stem}_segx")
+                image_id, finding = batch_item[self.id_key], row.get(Columns.FINDING)
+                maps = {kind: item[key][n, 0].float().cpu().numpy() for kind, key in SAVED_MAPS.items()}
+                for kind, heat in maps.items():
+                    self._write_map(heat, map_stem(image_id, finding, kind))
                 if self.overlays:
-                    strip = overlay_strip(picture, raw, item[OutputKeys.REGION_MASK][n, 0].cpu().numpy(), segx_map)
+                    region = item[OutputKeys.REGION_MASK][n, 0].cpu().numpy()
+                    strip = overlay_strip(picture, maps["raw"], region, maps["segx"], maps["segx_binary"])
+                    stem = pair_stem(image_id, finding)
                     scale = max(1, self.display_size // picture.shape[0])
                     Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST).save(self.output_dir / "overlays" / f"{stem}.png")
 

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch
 from ignite.engine import Engine
 
-from segx_monai.core import compute_cauitc, compute_ciou, segx
+from segx_monai.core import (
+    compute_cauitc, compute_ciou, compute_cprecision, compute_crank_accuracy, compute_crelevance_mass, segx,
+)
 from segx_monai.explainers import Explainer, explain_positive_classes
 from segx_monai.handlers.contract import CERTAINTY_SCORES, Columns, OutputKeys
 from segx_monai.handlers.localization import LocalizationScores
@@ -99,22 +101,32 @@ class SegXMaps(IterationHandler):
 
 
 class SegUScores(IterationHandler):
-    """SegU certainty of each explained prediction: cIoU and cAUITC of the raw map with the predicted region.
+    """SegU certainty of each explained prediction: every score of ``CERTAINTY_SCORES`` (the paper's cIoU and cAUITC,
+    and the size-aware precision, relevance mass and rank accuracy) of the raw map with the predicted region, and the
+    region's share of the image (``region_fraction``: cIoU is capped at q / region_fraction).
 
-    A row is flagged for ``review`` when its ``score`` (``"ciou"`` or ``"cauitc"``) is below ``review_threshold``.
+    A row is flagged for ``review`` when its ``score`` (one of ``CERTAINTY_SCORES``) is below ``review_threshold``.
     """
 
     requires = (OutputKeys.MAP, OutputKeys.REGION_MASK)
 
     def __init__(self, q: float = 0.05, n_thresholds: int = 101, review_threshold: float = 0.1, score: str = Columns.CIOU) -> None:
         if score not in CERTAINTY_SCORES:
-            raise ValueError(f"score must be one of {CERTAINTY_SCORES}, got {score!r}.")
+            valid = ", ".join(CERTAINTY_SCORES)
+            raise ValueError(f"SegUScores: score (certainty_score) must be one of {valid}, got {score!r}.")
         self.q, self.n_thresholds, self.review_threshold, self.score = q, n_thresholds, review_threshold, score
 
     def __call__(self, engine: Engine) -> None:
         items = self.output(engine)
         maps, regions = _stack_pairs(items, OutputKeys.MAP), _stack_pairs(items, OutputKeys.REGION_MASK)
-        scores = {Columns.CIOU: compute_ciou(maps, regions, self.q), Columns.CAUITC: compute_cauitc(maps, regions, self.n_thresholds)}
+        scores = {
+            Columns.CIOU: compute_ciou(maps, regions, self.q),
+            Columns.CAUITC: compute_cauitc(maps, regions, self.n_thresholds),
+            Columns.CPRECISION: compute_cprecision(maps, regions, self.q),
+            Columns.CRELEVANCE_MASS: compute_crelevance_mass(maps, regions),
+            Columns.CRANK_ACCURACY: compute_crank_accuracy(maps, regions),
+            Columns.REGION_FRACTION: regions.flatten(1).float().mean(dim=1),
+        }
         rows = [row for item in items for row in item_rows(item) if item[OutputKeys.MAP].shape[0]]
         for n, row in enumerate(rows):
             row.update({name: float(values[n]) for name, values in scores.items()})

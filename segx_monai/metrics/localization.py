@@ -2,7 +2,10 @@
 
 Plain batched functions ``compute_*`` (maps and G as ``(B, 1, *spatial)``, result ``(B,)``) and cumulative MONAI
 metrics over them. A sample with an empty G is undefined (NaN) for every metric and is skipped by ``aggregate``.
-IoU@q and AUITC are the SegU formulas (``segx_monai.core.segu``) applied to G instead of the predicted mask.
+IoU@q, AUITC and relevance mass are the SegU formulas (``segx_monai.core.segu``) applied to G instead of the predicted
+mask.
+IoU@q and hit also take ``selected``: the set of pixels a method declares most relevant itself (SegX's binary map),
+scored in place of the map's own top fraction ``q`` and of its maximum over all pixels.
 In a distributed run ``aggregate`` covers the samples of every rank.
 """
 
@@ -17,7 +20,7 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, evenly_divisible_all_gather
 
 from segx_monai.core.maps import minmax_normalize
-from segx_monai.core.segu import threshold_curve_area, threshold_curve_iou, top_fraction_iou
+from segx_monai.core.segu import iou, relevance_mass, threshold_curve_area, threshold_curve_iou, top_fraction_iou
 from segx_monai.core.segx import align_map_to_mask
 
 
@@ -26,9 +29,21 @@ def _undefined_where_empty(scores: torch.Tensor, gt: torch.Tensor) -> torch.Tens
     return scores.where(gt.flatten(1).bool().any(dim=1), float("nan"))
 
 
-def compute_iou_at_q(maps: torch.Tensor, gt: torch.Tensor, q: float = 0.05) -> torch.Tensor:
-    """IoU@q (paper Eq. 11): IoU of each map's top fraction ``q`` with G, ``(B,)``; NaN where G is empty."""
-    return top_fraction_iou(maps, gt, q)
+def _check_selected(selected: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """``selected`` as a boolean batch, after checking that it lies on G's grid (a set of pixels is not resampled)."""
+    if selected.shape != gt.shape:
+        raise ValueError(f"selected must have the ground truth's shape {tuple(gt.shape)}, got {tuple(selected.shape)}.")
+    return selected.bool()
+
+
+def compute_iou_at_q(maps: torch.Tensor, gt: torch.Tensor, q: float = 0.05, selected: torch.Tensor | None = None) -> torch.Tensor:
+    """IoU@q (paper Eq. 11): IoU of each map's top fraction ``q`` with G, ``(B,)``; NaN where G is empty.
+
+    With ``selected`` (boolean, G's shape) it is the IoU of ``selected`` with G, and ``maps`` and ``q`` are unused:
+    SegX's binary map is its variant's own top-``q`` set, which for ``intersect`` is not the top ``q`` of the SegX
+    map. An empty ``selected`` scores 0.
+    """
+    return top_fraction_iou(maps, gt, q) if selected is None else iou(_check_selected(selected, gt), gt)
 
 
 def compute_auitc(maps: torch.Tensor, gt: torch.Tensor, n_thresholds: int = 101) -> torch.Tensor:
@@ -39,29 +54,30 @@ def compute_auitc(maps: torch.Tensor, gt: torch.Tensor, n_thresholds: int = 101)
     return threshold_curve_area(maps, gt, n_thresholds)
 
 
-def compute_hit(maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+def compute_hit(maps: torch.Tensor, gt: torch.Tensor, selected: torch.Tensor | None = None) -> torch.Tensor:
     """Pointing game (cheXlocalize convention): 1 if the map's maximum lies in G, else 0, ``(B,)``; NaN for an empty G.
 
     On ties the first maximum in row-major order wins (``torch.argmax``), so a constant map points at the first
-    pixel. Maps of another size are first resampled to G (see ``align_map_to_mask``).
+    pixel. Maps of another size are first resampled to G (see ``align_map_to_mask``). With ``selected`` (boolean,
+    G's shape) the maximum is taken over the selected pixels only, and an empty ``selected`` points nowhere: 0.
     """
     maps = align_map_to_mask(maps, gt)
-    peak = maps.flatten(1).argmax(dim=1, keepdim=True)
-    hit = gt.flatten(1).bool().gather(1, peak)[:, 0].to(maps.dtype)
-    return _undefined_where_empty(hit, gt)
+    values = maps.flatten(1)
+    if selected is not None:
+        selected = _check_selected(selected, gt).flatten(1)
+        values = values.masked_fill(~selected, -torch.inf)
+    hit = gt.flatten(1).bool().gather(1, values.argmax(dim=1, keepdim=True))[:, 0]
+    if selected is not None:
+        hit &= selected.any(dim=1)
+    return _undefined_where_empty(hit.to(maps.dtype), gt)
 
 
 def compute_relevance_mass(maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Relevance mass: share of the map's total relevance inside G, Σ E·G / Σ E, ``(B,)``.
+    """Relevance mass (``relevance_mass``): share of the map's positive relevance inside G, Σ E⁺·G / Σ E⁺, ``(B,)``.
 
-    NaN where G is empty, and where the map is all zero (Σ E = 0: no relevance to share).
+    NaN where G is empty, and where the map has no positive value (no relevance to share).
     """
-    maps = align_map_to_mask(maps, gt)
-    relevance = maps.flatten(1)
-    total = relevance.sum(dim=1)
-    inside = (relevance * gt.flatten(1).bool()).sum(dim=1)
-    mass = (inside / total).where(total > 0, float("nan"))
-    return _undefined_where_empty(mass, gt)
+    return relevance_mass(maps, gt)
 
 
 class PerSampleScoreMetric(CumulativeIterationMetric):
@@ -86,10 +102,11 @@ class PerSampleScoreMetric(CumulativeIterationMetric):
         self.get_not_nans = get_not_nans
         self.sample_shape = tuple(sample_shape)
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **options) -> torch.Tensor:  # type: ignore[override]
         """Score one batch of maps ``y_pred`` against ground truths ``y``, as a ``(B, *sample_shape)`` buffer entry
-        (float64, one dtype on every rank whatever the maps' precision)."""
-        scores = self.score_fn(y_pred, y)
+        (float64, one dtype on every rank whatever the maps' precision); ``options`` (e.g. ``selected``) go to
+        ``score_fn``."""
+        scores = self.score_fn(y_pred, y, **options)
         return scores.double().reshape(len(scores), *self.sample_shape)
 
     def _sync(self) -> None:

@@ -27,7 +27,9 @@ from segx_monai.report.render import fmt, fmt_estimate
 
 LOCALIZATION_METRICS = dict(zip(contract.LOCALIZATION_METRICS, ("IoU@q", "AUITC", "Hit rate", "Relevance mass")))
 ESTIMATES = ("raw", "segx", "difference")  # per localisation metric: the means and their paired difference
-CERTAINTY_SCORES = dict(zip(contract.CERTAINTY_SCORES, ("cIoU", "cAUITC")))
+CERTAINTY_SCORES = dict(
+    zip(contract.CERTAINTY_SCORES, ("cIoU", "cAUITC", "cPrecision", "cRelevance mass", "cRank accuracy"), strict=True)
+)
 COUNT_LABELS = {
     "rows": "Predictions (rows)", "images": "Images", "correct": "Correct", "incorrect": "Incorrect",
     "with_ground_truth_mask": "With ground-truth mask", "empty_region": "Empty predicted region",
@@ -145,9 +147,10 @@ def _auroc_interval(scores: torch.Tensor, correct: torch.Tensor, n_bootstrap: in
 
 
 def _evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> dict[str, dict]:
-    """Per SegU score: mean for correct vs incorrect predictions, AUROC for correctness with interval, and AURC."""
+    """Per SegU score in the table (one written by an older version may lack some): mean for correct vs incorrect
+    predictions, AUROC for correctness with interval, and AURC."""
     results = {}
-    for key, name in CERTAINTY_SCORES.items():
+    for key, name in ((key, name) for key, name in CERTAINTY_SCORES.items() if key in samples):
         scores, correct = _certainty_inputs(samples, key)
         means = mean_by_correctness(scores, correct)
         n_correct, n_incorrect = int(means.n_correct), int(means.n_incorrect)
@@ -180,6 +183,13 @@ def _count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
         "empty_region": int((_column(samples, Columns.EMPTY_REGION) == 1).sum()),
         "review": int((_column(samples, Columns.REVIEW) == 1).sum()),
     }
+
+
+def _regions_larger_than_q(samples: dict[str, np.ndarray], q: float | None) -> dict:
+    """How many rows with a known region share (``region_fraction``) have a predicted region larger than ``q``."""
+    fraction = _column(samples, Columns.REGION_FRACTION)
+    fraction = fraction[np.isfinite(fraction)]
+    return {"q": q, "n": len(fraction), "n_larger": None if q is None else int((fraction > q).sum())}
 
 
 def summarize(samples: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
@@ -280,6 +290,19 @@ def _tables(summary: dict, heading: str) -> str:
             ],
             EXPLAIN["certainty"], _notes(certainty),
         )
+        + render.paragraph(_cap_sentence(summary["regions_larger_than_q"]))
+    )
+
+
+def _cap_sentence(regions: dict) -> str:
+    """How many predicted regions are larger than q, where cIoU cannot reach 1 whatever the explanation."""
+    if regions["q"] is None or not regions["n"]:
+        reason = "run.json gives no q" if regions["q"] is None else "no row has a region_fraction"
+        return f"Predicted regions larger than q: n/a ({reason})."
+    return (
+        f"{regions['n_larger']} of {regions['n']} predicted regions cover more than q = {fmt(regions['q'])} of the "
+        "image: for them cIoU is capped at q / (region share) whatever the explanation, while cPrecision, "
+        "cRelevance mass and cRank accuracy are not."
     )
 
 
@@ -357,18 +380,24 @@ def build_report(
     settings, curves = _read_json(folder / "run.json"), _read_json(folder / "curves.json")
     overlay_dir = folder / "overlays"
     selected = _select_gallery(samples, overlay_dir, gallery_size)
+    q = settings.get("q")  # the run's top fraction: a larger predicted region caps cIoU below 1
     summary = {
         "title": title,
         "settings": settings,
         "bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "level": 0.95},
         **summarize(samples, n_bootstrap, seed),
+        "regions_larger_than_q": _regions_larger_than_q(samples, q),
         "auitc_curves": {"n": curves.get(CurveFields.COUNT), **_curve_areas(curves)},
         "gallery": {section: samples[Columns.IMAGE_ID][rows].tolist() for section, rows in selected.items()},
     }
     if Columns.FINDING in samples:
-        summary["by_finding"] = {
-            finding: summarize({k: v[samples[Columns.FINDING] == finding] for k, v in samples.items()}, n_bootstrap, seed)
+        subsets = {
+            finding: {k: v[samples[Columns.FINDING] == finding] for k, v in samples.items()}
             for finding in np.unique(samples[Columns.FINDING]).tolist()
+        }
+        summary["by_finding"] = {
+            finding: {**summarize(rows, n_bootstrap, seed), "regions_larger_than_q": _regions_larger_than_q(rows, q)}
+            for finding, rows in subsets.items()
         }
     (folder / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
 
