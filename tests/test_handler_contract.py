@@ -80,7 +80,7 @@ def test_the_report_reads_the_table_and_curves_the_handlers_write(tmp_path):
     assert summary["counts"] == {"rows": 3, "images": 3, "correct": 2, "incorrect": 1, "with_ground_truth_mask": 1,
                                  "empty_region": 0, "review": 0}
     localization = summary["localization"]["iou_at_q"]
-    assert (localization["n"], localization["n_missing"]) == (1, 2)
+    assert (localization["n"], localization["n_without_mask"], localization["n_undefined"]) == (1, 2, 0)
     assert (localization["raw"]["mean"], localization["segx"]["mean"]) == pytest.approx((1, 1 / 3))
     assert summary["auitc_curves"]["area_raw"] == pytest.approx(0.25 * 0.25 + 0.5 * 0.5 + 0.25 * 0.25)
     assert all(summary["certainty"][score]["n"] == 3 for score in CERTAINTY_SCORES)

@@ -85,7 +85,8 @@ def test_html_shows_tables_and_hand_computed_numbers(report):
 def test_html_is_self_contained(report):
     html, _ = report
     sources = re.findall(r'src="([^"]*)"', html)
-    assert len(sources) == 3 + 3 * 2  # AUITC, risk-coverage, histograms; two overlays in each gallery section
+    # AUITC, risk-coverage, histograms; a01 and a04 in four gallery sections, a04 alone flagged for review
+    assert len(sources) == 3 + 4 * 2 + 1
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r"https?://|<script|<link", html)
 
@@ -97,7 +98,7 @@ def test_summary_numbers(report):
     for key in ("iou_at_q", "auitc", "hit", "relevance_mass"):
         result = summary["localization"][key]
         raw, segx = column(f"{key}_raw"), column(f"{key}_segx")
-        assert result["n"] == 10 and result["n_missing"] == 2
+        assert (result["n"], result["n_without_mask"], result["n_undefined"]) == (10, 2, 0)
         assert result["raw"]["mean"] == pytest.approx(statistics.mean(raw))
         assert result["segx"]["mean"] == pytest.approx(statistics.mean(segx))
         assert result["difference"]["mean"] == pytest.approx(statistics.mean(segx) - statistics.mean(raw))
@@ -112,7 +113,8 @@ def test_summary_numbers(report):
         assert result["mean_correct"] == pytest.approx(statistics.mean(s for s, c in zip(scores, correct) if c))
         assert result["mean_incorrect"] == pytest.approx(statistics.mean(s for s, c in zip(scores, correct) if not c))
     assert summary["auitc_curves"]["area_raw"] == pytest.approx(0.15, abs=1e-6)
-    assert summary["gallery"] == {"best": ["a01", "a04"], "worst": ["a04", "a01"], "uncertain": ["a04", "a01"]}
+    assert summary["gallery"] == {"best": ["a01", "a04"], "worst": ["a04", "a01"], "outside": ["a04", "a01"],
+                                  "review": ["a04"], "uncertain": ["a04", "a01"]}
 
 
 def test_tiny_auroc_by_hand(tmp_path):

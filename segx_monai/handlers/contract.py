@@ -46,6 +46,10 @@ class Columns:
     PREDICTED_FINDINGS = "predicted_findings"  # multi-label: the findings above their thresholds, ';'-separated
     LABEL = "label"  # the true class, or the true findings ';'-separated
     CORRECT = "correct"  # 1 when the prediction (the explained finding) is right, 0 when wrong
+    # the classifier's own certainty, the baseline of SegU. Single-label: the maximum softmax probability and the
+    # softmax's entropy (nats); multi-label: the explained finding's margin |p - threshold| and the binary entropy of p
+    CONFIDENCE = "confidence"
+    ENTROPY = "entropy"  # higher = less certain
     EMPTY_REGION = "empty_region"  # 1 when the segmenter found no region (SegX kept the raw map)
     CIOU = "ciou"  # SegU scores of the raw map against the predicted region M; cIoU and cAUITC as in the paper
     CAUITC = "cauitc"
@@ -57,6 +61,7 @@ class Columns:
     TEXT = (IMAGE_ID, FINDING, PREDICTION, PREDICTED_FINDINGS, LABEL)  # columns of text, whatever their cells hold
 
 
+CONFIDENCE_SCORES = (Columns.CONFIDENCE, Columns.ENTROPY)  # the classifier's own certainty, per sample-table row
 CERTAINTY_SCORES = (Columns.CIOU, Columns.CAUITC, Columns.CPRECISION, Columns.CRELEVANCE_MASS, Columns.CRANK_ACCURACY)
 LOCALIZATION_METRICS = ("iou_at_q", "auitc", "hit", "relevance_mass")
 MAP_VARIANTS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP}  # the maps that localisation compares

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,14 +13,18 @@ import pydicom
 import torch
 from ignite.engine import Engine
 from monai.transforms import LabelToContour
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from segx_monai.explainers import explainer_class
+from segx_monai.explainers.base import InputAttributionExplainer
 from segx_monai.handlers.contract import SAVED_MAPS, Columns, OutputKeys, map_stem, pair_stem
 from segx_monai.handlers.writers import IterationHandler, item_rows
 from segx_monai.io.dicom import is_dicom
 from segx_monai.io.dicom_writer import write_secondary_capture
 
 _COLORMAP = matplotlib.colormaps["jet"]
+PANELS = ("image", "raw", "region", "SegX")  # the overlay strip's panels, left to right, labelled in its top band
+DISPLAY_PERCENTILE = 99.0  # top of the overlays' colour scale for attribution maps, whose few extreme pixels fade the rest
 
 
 def display_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -36,6 +41,24 @@ def scaled_to_max(heat: np.ndarray) -> np.ndarray:
     return heat / top if top > 0 else heat
 
 
+def display_percentile(explainer: str | None) -> float | None:
+    """The percentile of the raw map that tops the overlays' colour scale: ``DISPLAY_PERCENTILE`` for the input
+    attribution explainers (speckled maps), None (the maximum) for the others and for an unnamed explainer."""
+    return DISPLAY_PERCENTILE if explainer and issubclass(explainer_class(explainer), InputAttributionExplainer) else None
+
+
+def display_top(raw: np.ndarray, percentile: float | None = None) -> float:
+    """Top of the colour scale shared by a pair's raw and SegX panels: the raw map's ``percentile`` (its maximum when
+    None or when that percentile is 0), so a SegX map that kept part of the raw mass shows as cooler."""
+    top = float(np.percentile(raw, percentile)) if percentile is not None else 0.0
+    return top if top > 0 else float(raw.max())
+
+
+def on_scale(heat: np.ndarray, top: float) -> np.ndarray:
+    """``heat / top`` clipped to [0, 1] for display (all zero when ``top`` is 0); the saved maps are not clipped."""
+    return np.clip(heat / top, 0, 1) if top > 0 else np.zeros_like(heat)
+
+
 def heat_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``heat`` in [0, 1] colour-mapped and blended onto the picture, more opaque where the map is higher."""
     coloured = _COLORMAP(heat)[..., :3] * 255
@@ -43,14 +66,30 @@ def heat_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> n
     return (picture * (1 - weight) + coloured * weight).round().astype(np.uint8)
 
 
-def overlay_strip(picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx_map: np.ndarray, segx_binary: np.ndarray) -> np.ndarray:
-    """image | raw map | predicted region (contour-free tint) | SegX map, side by side; the SegX panel outlines in
-    white the binary map, the set the SegX variant declares most relevant (MONAI's ``LabelToContour``)."""
+def overlay_strip(
+    picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx_map: np.ndarray, segx_binary: np.ndarray,
+    percentile: float | None = None,
+) -> np.ndarray:
+    """image | raw map | predicted region (contour-free tint) | SegX map (``PANELS``), side by side; raw and SegX on
+    one colour scale (see ``display_top``); the SegX panel outlines in white the binary map, the set the SegX variant
+    declares most relevant (MONAI's ``LabelToContour``)."""
     tint = picture.copy()
     tint[region > 0] = (0.5 * tint[region > 0] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
-    segx_panel = heat_overlay(picture, scaled_to_max(segx_map))
+    top = display_top(raw, percentile)
+    segx_panel = heat_overlay(picture, on_scale(segx_map, top))
     segx_panel[LabelToContour()(torch.as_tensor(segx_binary[None], dtype=torch.float32))[0].numpy() > 0] = 255
-    return np.concatenate([picture, heat_overlay(picture, raw), tint, segx_panel], axis=1)
+    return np.concatenate([picture, heat_overlay(picture, on_scale(raw, top)), tint, segx_panel], axis=1)
+
+
+def labelled(strip: np.ndarray, labels: Sequence[str] = PANELS) -> np.ndarray:
+    """The strip below a white band naming its equal-width panels, so a saved overlay reads without its caption."""
+    width = strip.shape[1] // len(labels)
+    font = ImageFont.load_default(size=max(8, min(18, width // 8)))
+    band = Image.new("RGB", (strip.shape[1], font.size + 8), "white")
+    draw = ImageDraw.Draw(band)
+    for n, label in enumerate(labels):
+        draw.text((n * width + 4, 4), label, fill="black", font=font)
+    return np.concatenate([np.asarray(band), strip], axis=0)
 
 
 class ExplanationSaver(IterationHandler):
@@ -58,14 +97,18 @@ class ExplanationSaver(IterationHandler):
     float, ``.png`` 8-bit; the binary map 0/1 and 0/255) and its overlay strip as ``overlays/<id>[_<finding>].png``.
 
     ``mean``/``std`` are those of the images' normalisation, to show the picture the classifier saw. Maps are written
-    at the network's grid; ``display_size`` enlarges the overlays for reading (nearest neighbour, no smoothing).
+    at the network's grid; ``display_size`` enlarges the overlays so that each panel is at least that wide (nearest
+    neighbour, no smoothing). ``explainer`` (its registered name) sets the overlays' colour scale, see
+    ``display_percentile``: display only, the saved maps keep their values.
     """
 
     def __init__(
         self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], formats: Sequence[str] = ("nii.gz", "png"),
-        overlays: bool = True, display_size: int = 192, id_key: str = Columns.IMAGE_ID, image_key: str = OutputKeys.IMAGE,
+        overlays: bool = True, display_size: int = 224, id_key: str = Columns.IMAGE_ID, image_key: str = OutputKeys.IMAGE,
+        explainer: str | None = None,
     ) -> None:
         self.output_dir, self.mean, self.std, self.formats = Path(output_dir), mean, std, tuple(formats)
+        self.percentile = display_percentile(explainer)
         self.overlays, self.display_size, self.id_key, self.image_key = overlays, display_size, id_key, image_key
         unknown = set(self.formats) - {"nii.gz", "png"}
         if unknown:
@@ -90,10 +133,10 @@ class ExplanationSaver(IterationHandler):
                     self._write_map(heat, map_stem(image_id, finding, kind))
                 if self.overlays:
                     region = item[OutputKeys.REGION_MASK][n, 0].cpu().numpy()
-                    strip = overlay_strip(picture, maps["raw"], region, maps["segx"], maps["segx_binary"])
-                    stem = pair_stem(image_id, finding)
-                    scale = max(1, self.display_size // picture.shape[0])
-                    Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST).save(self.output_dir / "overlays" / f"{stem}.png")
+                    strip = overlay_strip(picture, maps["raw"], region, maps["segx"], maps["segx_binary"], self.percentile)
+                    scale = max(1, math.ceil(self.display_size / picture.shape[1]))
+                    strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
+                    Image.fromarray(labelled(strip)).save(self.output_dir / "overlays" / f"{pair_stem(image_id, finding)}.png")
 
 
 class DicomOverlayWriter(IterationHandler):

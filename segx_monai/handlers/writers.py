@@ -58,7 +58,8 @@ class IterationHandler:
 
 
 class PredictionColumns(IterationHandler):
-    """Fills each row with the prediction: class name, its probability, every class probability, and, when the label
+    """Fills each row with the prediction: class name, its probability, every class probability, the classifier's own
+    certainty (``confidence``: the maximum softmax probability; ``entropy``: the softmax's, in nats) and, when the label
     is known, the true class and whether the prediction is correct (single-label, softmax outputs)."""
 
     def __init__(self, class_names: Sequence[str], pred_key: str = OutputKeys.PRED, label_key: str = "label") -> None:
@@ -69,7 +70,9 @@ class PredictionColumns(IterationHandler):
         for batch_item, item in self.items(engine):
             probs = item[self.pred_key].detach().float().cpu()
             predicted = int(probs.argmax())
-            columns = {Columns.PREDICTION: self.class_names[predicted], Columns.PROBABILITY: float(probs[predicted])}
+            columns = {Columns.PREDICTION: self.class_names[predicted], Columns.PROBABILITY: float(probs[predicted]),
+                       Columns.CONFIDENCE: float(probs[predicted]),
+                       Columns.ENTROPY: float(torch.distributions.Categorical(probs=probs).entropy())}
             label = batch_item.get(self.label_key)
             if label is not None and torch.as_tensor(label).numel() == 1:
                 columns.update({Columns.LABEL: self.class_names[int(label)], Columns.CORRECT: int(int(label) == predicted)})
@@ -79,8 +82,10 @@ class PredictionColumns(IterationHandler):
 
 
 class MultiLabelPredictionColumns(IterationHandler):
-    """Fills each row of a multi-label prediction: the explained finding's probability and decision threshold, and,
-    when labels are known, whether the finding is really present (``correct``: a true, not a false, positive).
+    """Fills each row of a multi-label prediction: the explained finding's probability and decision threshold, its
+    certainty (``confidence``: the margin ``|p - threshold|``, comparable across findings with different thresholds;
+    ``entropy``: the binary entropy of ``p``, in nats) and, when labels are known, whether the finding is really present
+    (``correct``: a true, not a false, positive).
 
     Every class probability and the list of predicted findings go to each row too; an image with no finding above
     its threshold keeps one row with an empty ``finding``.
@@ -90,6 +95,14 @@ class MultiLabelPredictionColumns(IterationHandler):
         self.class_names, self.thresholds = list(class_names), torch.as_tensor(thresholds, dtype=torch.float32)
         self.pred_key, self.label_key = pred_key, label_key
         self.requires = (pred_key,)
+
+    def _finding_columns(self, probs: torch.Tensor, k: int | None) -> dict[str, float]:
+        """Probability, threshold, confidence and entropy of finding ``k`` (all NaN for the row of no finding)."""
+        if k is None:
+            return dict.fromkeys((Columns.PROBABILITY, Columns.THRESHOLD, Columns.CONFIDENCE, Columns.ENTROPY), float("nan"))
+        return {Columns.PROBABILITY: float(probs[k]), Columns.THRESHOLD: float(self.thresholds[k]),
+                Columns.CONFIDENCE: float((probs[k] - self.thresholds[k]).abs()),
+                Columns.ENTROPY: float(torch.distributions.Bernoulli(probs=probs[k]).entropy())}
 
     def __call__(self, engine: Engine) -> None:
         for batch_item, item in self.items(engine):
@@ -102,8 +115,7 @@ class MultiLabelPredictionColumns(IterationHandler):
             item[OutputKeys.ROWS] = rows
             for row in rows:
                 k = self.class_names.index(row[Columns.FINDING]) if row.get(Columns.FINDING) else None
-                row.update({Columns.PROBABILITY: float(probs[k]) if k is not None else float("nan"),
-                            Columns.THRESHOLD: float(self.thresholds[k]) if k is not None else float("nan")})
+                row.update(self._finding_columns(probs, k))
                 if label is not None:
                     truth = torch.as_tensor(label).float().cpu()
                     row.update({Columns.LABEL: ";".join(n for n, t in zip(self.class_names, truth) if t > 0),

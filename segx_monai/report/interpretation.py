@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from segx_monai.handlers import contract
 from segx_monai.handlers.contract import Columns, CurveFields, curve_field, localization_column, pair_stem
+from segx_monai.handlers.savers import PANELS, display_percentile
 from segx_monai.metrics.certainty import correctness_auroc, mean_by_correctness, risk_coverage_curve
 from segx_monai.report import render
 from segx_monai.report.render import fmt, fmt_estimate
@@ -30,17 +30,29 @@ ESTIMATES = ("raw", "segx", "difference")  # per localisation metric: the means 
 CERTAINTY_SCORES = dict(
     zip(contract.CERTAINTY_SCORES, ("cIoU", "cAUITC", "cPrecision", "cRelevance mass", "cRank accuracy"), strict=True)
 )
+BASELINE_SCORES = dict(zip(contract.CONFIDENCE_SCORES, ("Confidence", "Negative entropy"), strict=True))
+NEGATED_SCORES = {Columns.ENTROPY}  # lower means more certain: negated, so that every score ranks certain cases first
+COMPARED_SCORES = {**BASELINE_SCORES, **CERTAINTY_SCORES}  # the certainty table's rows, the baseline first
 COUNT_LABELS = {
     "rows": "Predictions (rows)", "images": "Images", "correct": "Correct", "incorrect": "Incorrect",
     "with_ground_truth_mask": "With ground-truth mask", "empty_region": "Empty predicted region",
     "review": "Flagged for review",
 }
 GALLERY_IOU = localization_column("iou_at_q", "segx")  # the best and worst localised cases are ranked by it
+RAW_IOU = localization_column("iou_at_q", "raw")  # > 0: the raw map's top q overlaps the ground truth
+RAW_MASS = localization_column("relevance_mass", "raw")  # the raw map's share of relevance inside the ground truth
 GALLERY = {  # section -> (heading, how its cases are chosen)
-    "best": ("Best localised", "highest SegX IoU@q with the ground-truth region"),
+    "best": ("Best localised", "highest SegX IoU@q with the ground-truth region, among those whose raw map's top q "
+             "overlaps that region (raw IoU@q > 0), so that SegX cannot make a wrong explanation look right"),
     "worst": ("Worst localised", "lowest SegX IoU@q with the ground-truth region"),
+    "outside": ("Looked outside the region", "lowest raw relevance mass: the classifier's own map put the least of "
+                "its relevance inside the ground-truth region"),
+    "review": ("Flagged for review", "lowest certainty score among those flagged for review (score below the review "
+               "threshold)"),
     "uncertain": ("Most uncertain", "lowest SegU cIoU: the explanation lies mostly outside the segmented region"),
 }
+GALLERY_PANEL_WIDTH = 224  # pixels: overlay strips are enlarged so that each panel is at least this wide
+EXPLAINER_SETTINGS = {"shap_samples": "gradient_shap"}  # run settings that only one explainer reads
 EXPLAIN = {
     "settings": "How the explanations were made: the explainer, how the map was restricted to the segmented region "
     "(SegX variant), the top fraction q of the map kept, the probability above which a pixel counts as clinical "
@@ -50,18 +62,26 @@ EXPLAIN = {
     "explanation against.",
     "localization": "How well each explanation points at the clinical region outlined by an expert, for the "
     "classifier's own map (raw) and for the map restricted to the segmented region (SegX); higher is better. "
-    "Brackets hold 95% bootstrap intervals; a difference interval above 0 means SegX localises better.",
-    "certainty": "How far the certainty scores separate correct from incorrect diagnoses. Correct predictions "
-    "should score higher. AUROC is the chance that a correct prediction scores above an incorrect one (0.5 = chance, "
-    "1 = perfect); AURC is the error rate among the most certain cases averaged over all cut-offs (lower is better).",
+    "Brackets hold 95% bootstrap intervals; a difference interval above 0 means SegX localises better. n without "
+    "mask: predictions with no (or an empty) expert outline; n undefined: with one, but the metric has no value "
+    "(relevance mass of an all-zero map).",
+    "certainty": "How far each certainty score separates correct from incorrect diagnoses, all on the same "
+    "predictions. Correct predictions should score higher. Confidence (the classifier's top softmax probability, or a "
+    "finding's margin from its threshold) and negative entropy are the classifier's own certainty: SegU adds "
+    "information only where it does better. AUROC is the chance that a correct prediction scores above an incorrect "
+    "one (0.5 = chance, 1 = perfect); AURC is the error rate among the most certain cases averaged over all cut-offs "
+    "(lower is better); the last column is the score's AUROC minus the confidence's on the same resampled cases. No "
+    "winner is assumed: an interval that contains 0 means these data do not tell the two scores apart.",
     "auitc_plot": "Mean overlap with the expert outline when the [0, 1]-scaled map is cut at threshold τ; the area "
     "under each curve is the AUITC.",
-    "risk_coverage_plot": "Accuracy among the most certain share of cases; a curve above the dashed line means the "
-    "score puts correct predictions first.",
+    "risk_coverage_plot": "Accuracy among the most certain share of cases, for every certainty score on the same "
+    "cases; a curve above the dashed line means the score puts correct predictions first.",
     "histogram_plot": "The score of correct and incorrect predictions; the less the two overlap, the better the score "
     "tells them apart.",
-    "gallery": "Each strip shows the image, the raw explanation, the predicted clinical region and the SegX "
-    "explanation.",
+    "gallery": f"Each strip shows, left to right and labelled above ({', '.join(PANELS)}), the image, the raw "
+    "explanation, the predicted clinical region (green) and the SegX explanation (white outline: its binary map). Raw "
+    "and SegX are drawn on one colour scale topped by the raw map, so a SegX map that kept little of the raw "
+    "relevance looks cooler than one that kept all of it.",
 }
 
 
@@ -112,15 +132,23 @@ def _means_with_intervals(values: np.ndarray, n_bootstrap: int, seed: int) -> li
     return [{"mean": float(m), "ci": [float(lo), float(hi)]} for m, lo, hi in zip(values.mean(axis=0), low, high)]
 
 
+def _with_mask(samples: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows scored against a (non-empty) ground-truth mask: any raw localisation value defined. Without a mask the
+    cells are empty; with one, IoU@q and hit are always defined, while relevance mass is not for an all-zero map."""
+    return np.isfinite(np.stack([_column(samples, localization_column(key, "raw")) for key in LOCALIZATION_METRICS])).any(axis=0)
+
+
 def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> dict[str, dict]:
-    """Per localisation metric: mean raw, SegX and SegX - raw with intervals, over the rows that have both values."""
-    results = {}
+    """Per localisation metric: mean raw, SegX and SegX - raw with intervals, over the rows that have both values;
+    the other rows are counted as without a ground-truth mask or, with one, as undefined (e.g. an all-zero map)."""
+    results, with_mask = {}, _with_mask(samples)
     for key, name in LOCALIZATION_METRICS.items():
         raw, segx = _column(samples, localization_column(key, "raw")), _column(samples, localization_column(key, "segx"))
         used = np.isfinite(raw) & np.isfinite(segx)
         values = np.stack([raw[used], segx[used], segx[used] - raw[used]], axis=1)
         results[key] = {
-            "name": name, "n": int(used.sum()), "n_missing": int((~used).sum()),
+            "name": name, "n": int(used.sum()), "n_without_mask": int((~with_mask).sum()),
+            "n_undefined": int((with_mask & ~used).sum()),
             **dict(zip(ESTIMATES, _means_with_intervals(values, n_bootstrap, seed))),
         }
         if not used.any():
@@ -128,54 +156,79 @@ def _compare_localization(samples: dict[str, np.ndarray], n_bootstrap: int, seed
     return results
 
 
-def _certainty_inputs(samples: dict[str, np.ndarray], key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SegU score ``key`` and the correctness of the rows that have both."""
-    score, correct = _column(samples, key), _column(samples, Columns.CORRECT)
-    used = np.isfinite(score) & np.isfinite(correct)
-    return torch.as_tensor(score[used]), torch.as_tensor(correct[used] == 1)
+def _certainty_inputs(samples: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """Every score of ``COMPARED_SCORES`` the table holds (an older table may lack some), oriented so that higher means
+    more certain, and the correctness, over the rows that have an outcome and all of them, so that every score is
+    judged on the same cases; also how many rows were left out."""
+    keys = [key for key in COMPARED_SCORES if key in samples]
+    columns = np.stack([_column(samples, key) * (-1 if key in NEGATED_SCORES else 1) for key in keys]
+                       + [_column(samples, Columns.CORRECT)], axis=1)
+    used = np.isfinite(columns).all(axis=1)
+    scores = {key: torch.as_tensor(columns[used, i]) for i, key in enumerate(keys)}
+    return scores, torch.as_tensor(columns[used, -1] == 1), int((~used).sum())
 
 
-def _auroc_interval(scores: torch.Tensor, correct: torch.Tensor, n_bootstrap: int, seed: int) -> list[float]:
-    """Bootstrap interval of the correctness AUROC, leaving out resamples that lack correct or incorrect predictions."""
-    rows = np.arange(len(scores))
-    resamples = (torch.as_tensor(np.repeat(rows, counts)) for counts in _bootstrap_counts(len(rows), n_bootstrap, seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # single-outcome resamples: NaN with a warning, dropped below
-        aurocs = np.array([float(correctness_auroc(scores[drawn], correct[drawn])) for drawn in resamples])
-    aurocs = aurocs[np.isfinite(aurocs)]
-    return np.percentile(aurocs, [2.5, 97.5]).tolist() if len(aurocs) else [math.nan, math.nan]
+def _certainty_resamples(
+    scores: dict[str, torch.Tensor], correct: torch.Tensor, n_bootstrap: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness AUROC and AURC of every score on each bootstrap resample of the rows, ``(B, scores)`` each; all
+    scores share each resample (paired). AUROCs are NaN on a resample that lacks correct or incorrect predictions."""
+    aurocs, aurcs = np.full((n_bootstrap, len(scores)), math.nan), np.full((n_bootstrap, len(scores)), math.nan)
+    for b, counts in enumerate(_bootstrap_counts(len(correct), n_bootstrap, seed)):
+        drawn = torch.as_tensor(np.repeat(np.arange(len(correct)), counts))
+        aurcs[b] = [float(risk_coverage_curve(score[drawn], correct[drawn]).aurc) for score in scores.values()]
+        if 0 < int(correct[drawn].sum()) < len(drawn):
+            aurocs[b] = [float(correctness_auroc(score[drawn], correct[drawn])) for score in scores.values()]
+    return aurocs, aurcs
+
+
+def _intervals(estimates: np.ndarray) -> list[list[float]]:
+    """95% percentile interval of each column of ``(B, k)`` bootstrap estimates, over the resamples defining them all."""
+    estimates = estimates[np.isfinite(estimates).all(axis=1)]
+    if not len(estimates):
+        return [[math.nan, math.nan]] * estimates.shape[1]
+    return np.percentile(estimates, [2.5, 97.5], axis=0).T.tolist()
 
 
 def _evaluate_certainty(samples: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> dict[str, dict]:
-    """Per SegU score in the table (one written by an older version may lack some): mean for correct vs incorrect
-    predictions, AUROC for correctness with interval, and AURC."""
+    """Per certainty score (``COMPARED_SCORES``), on the rows having all of them: mean for correct vs incorrect
+    predictions, AUROC for correctness and AURC with intervals, and the paired AUROC difference score - confidence."""
+    scores, correct, n_left_out = _certainty_inputs(samples)
+    if len(correct):
+        aurocs, aurcs = _certainty_resamples(scores, correct, n_bootstrap, seed)
+    else:
+        aurocs = aurcs = np.full((n_bootstrap, len(scores)), math.nan)
+    keys = list(scores)
+    base = keys.index(Columns.CONFIDENCE) if Columns.CONFIDENCE in scores else None
+    auroc_cis, aurc_cis = _intervals(aurocs), _intervals(aurcs)
     results = {}
-    for key, name in ((key, name) for key, name in CERTAINTY_SCORES.items() if key in samples):
-        scores, correct = _certainty_inputs(samples, key)
-        means = mean_by_correctness(scores, correct)
+    for i, (key, score) in enumerate(scores.items()):
+        name, means = COMPARED_SCORES[key], mean_by_correctness(score, correct)
         n_correct, n_incorrect = int(means.n_correct), int(means.n_incorrect)
-        result = {
-            "name": name, "n": len(scores), "n_correct": n_correct, "n_incorrect": n_incorrect,
+        results[key] = {
+            "name": name, "n": len(score), "n_left_out": n_left_out, "n_correct": n_correct, "n_incorrect": n_incorrect,
             "mean_correct": float(means.correct), "mean_incorrect": float(means.incorrect),
-            "auroc": math.nan, "auroc_ci": [math.nan, math.nan],
-            "aurc": float(risk_coverage_curve(scores, correct).aurc) if len(scores) else math.nan,
+            "auroc": math.nan, "auroc_ci": auroc_cis[i],
+            "aurc": float(risk_coverage_curve(score, correct).aurc) if len(score) else math.nan, "aurc_ci": aurc_cis[i],
         }
         if n_correct and n_incorrect:
-            result["auroc"] = float(correctness_auroc(scores, correct))
-            result["auroc_ci"] = _auroc_interval(scores, correct, n_bootstrap, seed)
+            results[key]["auroc"] = float(correctness_auroc(score, correct))
         else:
-            result["note"] = (
+            results[key]["note"] = (
                 f"{name} AUROC: n/a, it needs both correct and incorrect predictions "
                 f"(got {n_correct} correct, {n_incorrect} incorrect)."
             )
-        results[key] = result
+    if base is not None:  # a table without confidence (written by an older version) has no paired difference
+        difference_cis = _intervals(aurocs - aurocs[:, [base]])
+        for i, key in enumerate(keys):
+            results[key]["auroc_minus_confidence"] = results[key]["auroc"] - results[Columns.CONFIDENCE]["auroc"]
+            results[key]["auroc_minus_confidence_ci"] = difference_cis[i]
     return results
 
 
 def _count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
     """Rows, images, outcomes, rows with a ground-truth mask, with an empty predicted region, flagged for review."""
-    correct = _column(samples, Columns.CORRECT)
-    with_mask = np.isfinite(np.stack([_column(samples, localization_column(key, "raw")) for key in LOCALIZATION_METRICS])).any(axis=0)
+    correct, with_mask = _column(samples, Columns.CORRECT), _with_mask(samples)
     return {
         "rows": len(samples[Columns.IMAGE_ID]), "images": len(np.unique(samples[Columns.IMAGE_ID])),
         "correct": int((correct == 1).sum()), "incorrect": int((correct == 0).sum()),
@@ -222,15 +275,22 @@ def _overlay(samples: dict[str, np.ndarray], overlay_dir: Path, row: int) -> Pat
     return overlay_dir / f"{pair_stem(samples[Columns.IMAGE_ID][row], finding)}.png"
 
 
-def _select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int) -> dict[str, list[int]]:
-    """Row indices per gallery section (see ``GALLERY``) among rows with an overlay, one row per image."""
+def _select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int, score: str = Columns.CIOU) -> dict[str, list[int]]:
+    """Row indices per gallery section (see ``GALLERY``) among rows with an overlay, one row per image; ``score`` is
+    the certainty score that flags for review, which orders the flagged cases (undefined ones last)."""
     ids = samples[Columns.IMAGE_ID]
     has_overlay = np.array([_overlay(samples, overlay_dir, row).is_file() for row in range(len(ids))], dtype=bool)
-    iou_segx = _column(samples, GALLERY_IOU)
-    order_keys = {"best": -iou_segx, "worst": iou_segx, "uncertain": _column(samples, Columns.CIOU)}
+    iou_segx, ciou, certainty = (_column(samples, name) for name in (GALLERY_IOU, Columns.CIOU, score))
+    order_keys = {  # section -> (ascending sort key, which rows may appear)
+        "best": (-iou_segx, np.isfinite(iou_segx) & (_column(samples, RAW_IOU) > 0)),
+        "worst": (iou_segx, np.isfinite(iou_segx)),
+        "outside": (_column(samples, RAW_MASS), np.isfinite(_column(samples, RAW_MASS))),
+        "review": (certainty, _column(samples, Columns.REVIEW) == 1),
+        "uncertain": (ciou, np.isfinite(ciou)),
+    }
     selected = {}
-    for section, key in order_keys.items():
-        candidates = np.flatnonzero(has_overlay & np.isfinite(key))
+    for section, (key, eligible) in order_keys.items():
+        candidates = np.flatnonzero(has_overlay & eligible)
         ranked = candidates[np.argsort(key[candidates], kind="stable")]
         first_of_image = np.sort(np.unique(ids[ranked], return_index=True)[1])
         selected[section] = ranked[first_of_image][:size].tolist()
@@ -238,11 +298,19 @@ def _select_gallery(samples: dict[str, np.ndarray], overlay_dir: Path, size: int
 
 
 def write_run_info(interpret_dir: str | Path, settings: dict, **extra: object) -> Path:
-    """Write the settings of an interpretation run to ``run.json`` beside its outputs, for the report and for audit."""
+    """Write the settings of an interpretation run to ``run.json`` beside its outputs, for the report and for audit;
+    settings of other explainers than the run's are left out (see ``own_settings``)."""
     path = Path(interpret_dir) / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe({**settings, **extra}), indent=1, default=str))
+    path.write_text(json.dumps(_json_safe(own_settings({**settings, **extra})), indent=1, default=str))
     return path
+
+
+def own_settings(settings: dict) -> dict:
+    """The settings without those that only another explainer than the run's ``explainer`` reads
+    (``EXPLAINER_SETTINGS``), such as GradientSHAP's draws in a Grad-CAM run."""
+    explainer = settings.get("explainer")
+    return {key: value for key, value in settings.items() if EXPLAINER_SETTINGS.get(key, explainer) == explainer}
 
 
 def _read_json(path: Path) -> dict:
@@ -273,25 +341,36 @@ def _tables(summary: dict, heading: str) -> str:
         + render.table(["Count", "Value"], [[COUNT_LABELS[k], v] for k, v in counts.items()], EXPLAIN["counts"])
         + f"<h2>{heading}: localisation, raw vs SegX</h2>"
         + render.table(
-            ["Metric", "n", "n without mask", "Raw mean [95% CI]", "SegX mean [95% CI]", "SegX − raw [95% CI]"],
+            ["Metric", "n", "n without mask", "n undefined", "Raw mean [95% CI]", "SegX mean [95% CI]", "SegX − raw [95% CI]"],
             [
-                [r["name"], r["n"], r["n_missing"], *(fmt_estimate(r[k]["mean"], r[k]["ci"]) for k in ESTIMATES)]
+                [r["name"], r["n"], r["n_without_mask"], r["n_undefined"], *(fmt_estimate(r[k]["mean"], r[k]["ci"]) for k in ESTIMATES)]
                 for r in localization.values()
             ],
             EXPLAIN["localization"], _notes(localization),
         )
-        + f"<h2>{heading}: certainty (SegU)</h2>"
+        + f"<h2>{heading}: certainty, SegU vs the classifier's confidence</h2>"
         + render.table(
-            ["Score", "n correct", "Mean if correct", "n incorrect", "Mean if incorrect", "AUROC [95% CI]", "AURC"],
+            ["Score", "n correct", "Mean if correct", "n incorrect", "Mean if incorrect", "AUROC [95% CI]",
+             "AURC [95% CI]", "AUROC − confidence [95% CI]"],
             [
                 [r["name"], r["n_correct"], r["mean_correct"], r["n_incorrect"], r["mean_incorrect"],
-                 fmt_estimate(r["auroc"], r["auroc_ci"]), r["aurc"]]
+                 fmt_estimate(r["auroc"], r["auroc_ci"]), fmt_estimate(r["aurc"], r["aurc_ci"]),
+                 fmt_estimate(r.get("auroc_minus_confidence", math.nan), r.get("auroc_minus_confidence_ci", [math.nan] * 2))]
                 for r in certainty.values()
             ],
-            EXPLAIN["certainty"], _notes(certainty),
+            EXPLAIN["certainty"], _certainty_notes(certainty),
         )
         + render.paragraph(_cap_sentence(summary["regions_larger_than_q"]))
     )
+
+
+def _certainty_notes(certainty: dict[str, dict]) -> list[str]:
+    """The reasons for the n/a values of the certainty table, and how many rows it leaves out."""
+    n_left_out = next(iter(certainty.values()), {}).get("n_left_out", 0)
+    left_out = [f"Predictions left out for lacking an outcome or one of the scores: {n_left_out} (every score is "
+                "judged on the same cases)."] if n_left_out else []
+    missing = [] if Columns.CONFIDENCE in certainty else ["AUROC − confidence: n/a, the table has no confidence column."]
+    return _notes(certainty) + left_out + missing
 
 
 def _cap_sentence(regions: dict) -> str:
@@ -322,43 +401,67 @@ def _plots(samples: dict[str, np.ndarray], curves: dict, summary: dict) -> str:
         figures.append((render.figure_uri(fig), EXPLAIN["auitc_plot"]))
     else:
         notes.append("AUITC curves not drawn: curves.json is missing or has no defined value.")
-    scored = {name: _certainty_inputs(samples, key) for key, name in CERTAINTY_SCORES.items()}
-    scored = {name: (scores, correct) for name, (scores, correct) in scored.items() if len(scores)}
-    if scored:
-        outcomes = _column(samples, Columns.CORRECT)
-        accuracy = float(np.mean(outcomes[np.isfinite(outcomes)] == 1))
-        risk = {name: risk_coverage_curve(scores, correct) for name, (scores, correct) in scored.items()}
+    scores, correct, _ = _certainty_inputs(samples)
+    if scores and len(correct):
+        accuracy = float(correct.double().mean())
+        risk = {COMPARED_SCORES[key]: risk_coverage_curve(score, correct) for key, score in scores.items()}
         lines = {f"{name} (AURC {fmt(rc.aurc.item())})": (rc.coverage, rc.accuracy) for name, rc in risk.items()}
         fig = render.line_plot(
             lines, "coverage (share of most certain cases kept)", "accuracy", "Risk–coverage",
             reference=(accuracy, f"overall accuracy {fmt(accuracy)}"), legend_loc="lower left",
         )
         figures.append((render.figure_uri(fig), EXPLAIN["risk_coverage_plot"]))
-        figures.append((render.figure_uri(render.histogram_plot(scored)), EXPLAIN["histogram_plot"]))
+        segu = {CERTAINTY_SCORES[key]: (score, correct) for key, score in scores.items() if key in CERTAINTY_SCORES}
+        if segu:
+            figures.append((render.figure_uri(render.histogram_plot(segu)), EXPLAIN["histogram_plot"]))
+        else:
+            notes.append("Score histograms not drawn: the table has no SegU score.")
     else:
-        notes.append("Risk–coverage curves and histograms not drawn: no prediction has a SegU score and an outcome.")
+        notes.append("Risk–coverage curves and histograms not drawn: no prediction has a SegU score or the "
+                     "classifier's confidence, and an outcome.")
     return "<h2>Plots</h2>" + render.figure_row(figures, notes=notes)
 
 
-def _caption(samples: dict[str, np.ndarray], row: int) -> str:
-    """A gallery caption: id (and finding), label, prediction with its probability, SegX IoU@q, cIoU, review flag."""
+def _caption(samples: dict[str, np.ndarray], row: int, score: str = Columns.CIOU) -> str:
+    """A gallery caption: id (and finding), label, prediction with its probability, IoU@q and relevance mass of the
+    raw and the SegX map, cIoU and the review score ``score``, review flag."""
     finding = f" ({samples[Columns.FINDING][row]})" if Columns.FINDING in samples else ""
-    value = {name: fmt(_column(samples, name)[row]) for name in (Columns.PROBABILITY, GALLERY_IOU, Columns.CIOU)}
+    value = {name: fmt(_column(samples, name)[row]) for name in (Columns.PROBABILITY, Columns.CIOU, score)}
+    pairs = {
+        metric: "raw {} / SegX {}".format(*(fmt(_column(samples, localization_column(metric, kind))[row]) for kind in ("raw", "segx")))
+        for metric in ("iou_at_q", "relevance_mass")
+    }
+    scores = f"cIoU {value[Columns.CIOU]}" + ("" if score == Columns.CIOU else f", {CERTAINTY_SCORES.get(score, score)} {value[score]}")
     review = "yes" if _column(samples, Columns.REVIEW)[row] == 1 else "no"
     return (
         f"{samples[Columns.IMAGE_ID][row]}{finding}: label {_text(samples, Columns.LABEL, row)}, prediction "
-        f"{_text(samples, Columns.PREDICTION, row)} (probability {value[Columns.PROBABILITY]}), SegX IoU@q "
-        f"{value[GALLERY_IOU]}, cIoU {value[Columns.CIOU]}, flagged for review: {review}"
+        f"{_text(samples, Columns.PREDICTION, row)} (probability {value[Columns.PROBABILITY]}); IoU@q "
+        f"{pairs['iou_at_q']}; relevance mass {pairs['relevance_mass']}; {scores}; flagged for review: {review}"
     )
 
 
-def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[str, list[int]]) -> str:
-    """The gallery sections, one captioned overlay strip per selected row."""
-    body = "<h2>Gallery</h2>" + render.paragraph(EXPLAIN["gallery"])
+def _scale_sentence(explainer: str | None) -> str:
+    """What tops the overlays' colour scale for the run's explainer (see ``segx_monai.handlers.savers``)."""
+    percentile = display_percentile(explainer)
+    if percentile is None:
+        return "The scale's top is the raw map's maximum."
+    return (
+        f"Display only: for these {explainer} attribution maps the scale's top is the raw map's {percentile:g}th "
+        "percentile, and the few pixels above it are shown at the top colour; the saved maps are not clipped."
+    )
+
+
+def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[str, list[int]], settings: dict) -> str:
+    """The gallery sections, one captioned overlay strip per selected row, each panel at least
+    ``GALLERY_PANEL_WIDTH`` wide."""
+    score = settings.get("certainty_score", Columns.CIOU)
+    body = "<h2>Gallery</h2>" + render.paragraph(f"{EXPLAIN['gallery']} {_scale_sentence(settings.get('explainer'))}")
     for section, rows in selected.items():
         heading, rule = GALLERY[section]
         tiles = [
-            (render.image_uri(_overlay(samples, overlay_dir, row)), _caption(samples, row)) for row in rows
+            (render.image_uri(_overlay(samples, overlay_dir, row), min_width=len(PANELS) * GALLERY_PANEL_WIDTH),
+             _caption(samples, row, score))
+            for row in rows
         ]
         body += f"<h3>{heading}</h3>" + render.paragraph(f"Cases with the {rule}.")
         body += render.figure_row(tiles, kind="gallery", notes=[] if tiles else ["No such case has an overlay image."])
@@ -377,9 +480,9 @@ def build_report(
         raise ValueError(f"n_bootstrap must be >= 1 and gallery_size >= 0, got {n_bootstrap} and {gallery_size}.")
     folder = Path(interpret_dir)
     samples = load_samples(folder / "samples.csv")
-    settings, curves = _read_json(folder / "run.json"), _read_json(folder / "curves.json")
+    settings, curves = own_settings(_read_json(folder / "run.json")), _read_json(folder / "curves.json")
     overlay_dir = folder / "overlays"
-    selected = _select_gallery(samples, overlay_dir, gallery_size)
+    selected = _select_gallery(samples, overlay_dir, gallery_size, settings.get("certainty_score", Columns.CIOU))
     q = settings.get("q")  # the run's top fraction: a larger predicted region caps cIoU below 1
     summary = {
         "title": title,
@@ -408,7 +511,7 @@ def build_report(
     body += _tables(summary, "All predictions") + _plots(samples, curves, summary)
     for finding, finding_summary in summary.get("by_finding", {}).items():
         body += _tables(finding_summary, f"Finding {finding}")
-    body += _gallery(samples, overlay_dir, selected)
+    body += _gallery(samples, overlay_dir, selected, settings)
     body += render.paragraph(
         f"Intervals: 95% percentile bootstrap over {n_bootstrap} resamples of the predictions (seed {seed}); "
         "n/a marks a value that cannot be computed from these data."

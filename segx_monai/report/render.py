@@ -84,9 +84,13 @@ def figure_uri(fig: plt.Figure) -> str:
     return png_uri(buffer.getvalue())
 
 
-def image_uri(path: Path) -> str:
-    """A PNG file, shrunk to at most ``TILE_SIZE``, as an embedded PNG."""
+def image_uri(path: Path, min_width: int = 0) -> str:
+    """A PNG file as an embedded PNG, enlarged by a whole factor (nearest neighbour) to at least ``min_width`` pixels
+    wide, then shrunk to at most ``TILE_SIZE``."""
     with Image.open(path) as image:
+        factor = math.ceil(min_width / image.width)
+        if factor > 1:
+            image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
         image.thumbnail(TILE_SIZE)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
