@@ -21,7 +21,6 @@ from segx_monai.explainers import (
     get_explainer,
     load_baselines,
     save_baselines,
-    saved_baselines,
 )
 
 N_CLASSES = 3
@@ -295,18 +294,3 @@ def test_baselines_build_save_load(tmp_path):
     assert torch.equal(refs, build_baselines(dataset, n=4, seed=3))
     save_baselines(refs, tmp_path / "baselines.pt")
     assert torch.equal(load_baselines(tmp_path / "baselines.pt"), refs)
-
-
-def test_saved_baselines_are_drawn_once_and_again_when_they_no_longer_fit(tmp_path):
-    path = tmp_path / "models" / "baselines.pt"
-    small = [{"image": np.full((2, 4, 4), i, dtype=np.float32)} for i in range(10)]
-    first = saved_baselines(path, small, n=4, seed=3)
-    assert torch.equal(first, build_baselines(small, n=4, seed=3)) and path.is_file()
-    other = [{"image": np.full((2, 4, 4), -1, dtype=np.float32)}] * 10  # not read: the saved set is used
-    assert torch.equal(saved_baselines(path, other, n=4, seed=3), first)
-    larger = [{"image": np.full((2, 8, 8), i, dtype=np.float32)} for i in range(10)]  # another image size
-    with pytest.warns(UserWarning, match=r"baselines\.pt: saved baselines \(4, 2, 4, 4\) do not fit this run's \(4, 2, 8, 8\)"):
-        redrawn = saved_baselines(path, larger, n=4, seed=3)
-    assert redrawn.shape == (4, 2, 8, 8) and torch.equal(load_baselines(path), redrawn)
-    with pytest.warns(UserWarning, match=r"\(3, 2, 8, 8\)"):  # another n
-        assert saved_baselines(path, larger, n=3, seed=3).shape == (3, 2, 8, 8)

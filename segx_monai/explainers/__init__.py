@@ -11,7 +11,6 @@ from .attribution import (
     build_baselines,
     load_baselines,
     save_baselines,
-    saved_baselines,
 )
 from .base import Explainer, InputAttributionExplainer, explain_positive_classes
 from .cam import CAM, GradCAM, GradCAMpp, default_target_layer
@@ -34,5 +33,4 @@ __all__ = [
     "get_explainer",
     "load_baselines",
     "save_baselines",
-    "saved_baselines",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 
 import captum.attr
@@ -219,19 +218,3 @@ def load_baselines(path: str | os.PathLike) -> Tensor:
     if not isinstance(images, Tensor):
         raise TypeError(f"{path} does not hold a tensor")
     return images
-
-
-def saved_baselines(path: str | os.PathLike, dataset: Sequence, n: int = 50, key: str = "image", seed: int = 0) -> Tensor:
-    """The reference set saved at ``path``, drawn once from ``dataset`` (the training split) when it does not exist yet,
-    so that every interpretation run of a bundle explains against the same baselines. A saved set that no longer fits
-    (another image size, channel count or ``n``) is drawn again, with a warning naming the file."""
-    n = min(n, len(dataset))
-    if os.path.exists(path):
-        images = load_baselines(path)
-        expected = (n, *_image(dataset[0], key).shape)
-        if tuple(images.shape) == expected:
-            return images
-        warnings.warn(f"{path}: saved baselines {tuple(images.shape)} do not fit this run's {expected}; drawing them again")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_baselines(build_baselines(dataset, n=n, key=key, seed=seed), path)
-    return load_baselines(path)
