@@ -28,4 +28,4 @@ benchmark: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) bundles/*/data bundles/*/models/*.pt bundles/*/runs bundles/*/interpret bundles/*/inference bundles/*/datalists
+	rm -rf $(VENV) bundles/*/data bundles/*/models/*.pt bundles/*/runs bundles/*/calibrate bundles/*/interpret bundles/*/inference bundles/*/models/review_*.json bundles/*/datalists

@@ -212,8 +212,9 @@ class SegXTask(_BundleInferTask):
     """SegX and SegU of the bundle's classifier on one study, by the bundle's own inference evaluator and handlers.
 
     The label image is the SegX map (binary, label 1) of the most probable explained class; the JSON result has the
-    class probabilities, the prediction, each explained class's SegU scores and review flag (score below the
-    bundle's ``review_threshold``), and ``review`` when any is flagged.
+    class probabilities, the prediction, each explained class's SegU scores, review flag (score below the bundle's
+    ``review_threshold``, calibrated on validation: models/review_<explainer>.json) and combined score when that file
+    has one, and ``review`` when any is flagged.
     """
 
     def __init__(self, bundle: Bundle, datastore_dir: Path) -> None:
@@ -248,7 +249,8 @@ class SegXTask(_BundleInferTask):
         explained = [names[c] for c in item[OutputKeys.EXPLAINED_CLASSES]]
         scores = [
             {"class": name, "probability": float(probs[names.index(name)]), **{score: row[score] for score in CERTAINTY_SCORES},
-             "review": bool(row[Columns.REVIEW]), "empty_region": bool(row[Columns.EMPTY_REGION])}
+             "review": bool(row[Columns.REVIEW]), "empty_region": bool(row[Columns.EMPTY_REGION]),
+             **({Columns.COMBINED: row[Columns.COMBINED]} if Columns.COMBINED in row else {})}
             for name, row in zip(explained, item[OutputKeys.ROWS] if explained else [])
         ]
         shown = max(range(len(scores)), key=lambda i: scores[i]["probability"]) if scores else None

@@ -27,13 +27,15 @@ def block(rows, cols):
     return image
 
 # tiny settings for every HAM workflow in the tests: small images, one epoch, small batches, a narrow U-Net
-TINY = {"image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "inference_batch_size": 8, "shap_samples": 4, "n_baselines": 4}
+TINY = {"image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "inference_batch_size": 8, "shap_samples": 4, "n_baselines": 4,
+        "sanity_checks": False}  # on in one interpretation test (test_interpret_ham), small
 
 # each workflow's configs, in the order they compose (inference.yaml is every bundle's shared, standalone base)
 INFER = ["inference.yaml"]
 TRAIN_CLASSIFIER = ["inference.yaml", "train_classifier.yaml"]
 TRAIN_SEGMENTER = ["inference.yaml", "train_segmenter.yaml"]
 INTERPRET = ["inference.yaml", "interpret.yaml"]
+CALIBRATE = ["inference.yaml", "interpret.yaml", "calibrate.yaml"]  # the review threshold, on the validation fold
 TRAIN_CONFIGS = {"classifier": TRAIN_CLASSIFIER, "segmenter": TRAIN_SEGMENTER}
 
 
@@ -83,9 +85,10 @@ def ham_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_ham_bundle(tmp_path_factory, ham_dir) -> Path:
-    """A bundle root with a classifier and a segmenter trained one epoch on ``ham_dir``."""
+    """A bundle root with a classifier and a segmenter trained one epoch on ``ham_dir``, and Grad-CAM's review
+    threshold calibrated on the validation fold."""
     root = tmp_path_factory.mktemp("ham_bundle")
-    for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER):
+    for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER, CALIBRATE):
         run_workflow(ham_workflow(root, ham_dir, configs))
     return root
 
@@ -109,8 +112,9 @@ def chest_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_chest_bundle(tmp_path_factory, chest_dir) -> Path:
-    """A chest bundle root with a classifier (and its thresholds) and a lung segmenter trained one epoch."""
+    """A chest bundle root with a classifier (and its thresholds) and a lung segmenter trained one epoch, and
+    Grad-CAM's review threshold calibrated on the validation fold."""
     root = tmp_path_factory.mktemp("chest_bundle")
-    for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER):
+    for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER, CALIBRATE):
         run_workflow(chest_workflow(root, chest_dir, configs))
     return root

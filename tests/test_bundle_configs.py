@@ -19,7 +19,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from conftest import (
-    CHEST_CONFIGS, HAM_CONFIGS, INFER, INTERPRET, REPO, TRAIN_CLASSIFIER, TRAIN_SEGMENTER, ham_workflow, run_workflow,
+    CALIBRATE, CHEST_CONFIGS, HAM_CONFIGS, INFER, INTERPRET, REPO, TRAIN_CLASSIFIER, TRAIN_SEGMENTER, ham_workflow, run_workflow,
 )
 from segx_monai.bundle.errors import root_cause
 from segx_monai.data import splits
@@ -67,7 +67,8 @@ def test_one_region_threshold_reaches_inference_and_interpretation(bundle):
         parser = ConfigParser()
         parser.read_config([str(BUNDLES[bundle] / c) for c in configs])
         assert "mask_threshold" not in parser
-        parser.update({"region_threshold": 0.3, "device": "$torch.device('cpu')", "finding_thresholds": [0.5] * 10})
+        parser.update({"region_threshold": 0.3, "device": "$torch.device('cpu')", "finding_thresholds": [0.5] * 10,
+                       "review_threshold": 0.1})  # no trained bundle, so no calibration to read
         handlers = parser.get_parsed_content("explanation_handlers") + parser.get_parsed_content("writers")
         assert [h.kwargs["mask_threshold"] for h in handlers if isinstance(h, SegXMaps)] == [0.3]
         assert [h.threshold for h in handlers if isinstance(h, MaskWriter)] == ([0.3] if configs == INFER else [])
@@ -94,6 +95,8 @@ def _rows(path: Path) -> dict[str, dict]:
 def test_inferring_and_interpreting_give_the_same_maps_and_scores(trained_ham_bundle, ham_dir, tmp_path, explainer):
     """GradientSHAP drew against zero baselines in inference and saved training images in interpretation."""
     settings = {"explainer_name": explainer, "inference_batch_size": 4}
+    if explainer != "gradcam":  # the fixture calibrates Grad-CAM's review threshold only
+        settings["review_threshold"] = 0.1
     run_workflow(ham_workflow(trained_ham_bundle, ham_dir, INFER, inference_dir=str(tmp_path / "inferred"), **settings))
     run_workflow(ham_workflow(trained_ham_bundle, ham_dir, INTERPRET, interpret_dir=str(tmp_path / "interpreted"), **settings))
     inferred, interpreted = _rows(tmp_path / "inferred" / "predictions.csv"), _rows(tmp_path / "interpreted" / "samples.csv")
@@ -115,7 +118,7 @@ def test_a_gradcam_run_reads_no_gradient_shap_baselines(trained_ham_bundle, ham_
     run_workflow(ham_workflow(root, ham_dir, INTERPRET, explainer_name="gradcam", interpret_dir=str(tmp_path / "gradcam")))
     assert not baselines.exists()
     with pytest.raises(Exception) as info:
-        run_workflow(ham_workflow(root, ham_dir, INTERPRET, explainer_name="gradient_shap", interpret_dir=str(tmp_path / "shap")))
+        run_workflow(ham_workflow(root, ham_dir, INTERPRET, explainer_name="gradient_shap", review_threshold=0.1, interpret_dir=str(tmp_path / "shap")))
     assert isinstance(root_cause(info.value), FileNotFoundError) and str(baselines) in str(root_cause(info.value))
 
 
@@ -144,6 +147,9 @@ def test_the_standalone_inference_config_runs_from_the_bundle_folder(tmp_path):
         done = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=bundle, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name for p in (bundle / "models").iterdir()} >= {"model.pt", "segmenter.pt", "shap_baselines.pt"}
+    calibrate = ["run", "calibrating", "--config_file", str([f"configs/{c}" for c in CALIBRATE])]  # the review threshold
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", *calibrate], cwd=bundle, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.yaml"],
                           cwd=bundle, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

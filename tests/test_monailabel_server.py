@@ -168,8 +168,12 @@ def test_segx_result_matches_the_bundle_and_flags_review_by_its_threshold(server
         assert scores["ciou"] == pytest.approx(float(row["ciou"]), abs=0.02)
         assert scores["cauitc"] == pytest.approx(float(row["cauitc"]), abs=0.02)
         assert scores["review"] == (scores[result["certainty_score"]] < result["review_threshold"])
+        assert scores["combined"] == pytest.approx(float(row["combined"]), abs=0.02)  # the calibration's fit, as the bundle
     assert result["review"] == any(s["review"] for s in result["segu"])
-    assert result["review_threshold"] == 0.1 and result["certainty_score"] == "ciou"  # the bundles' inference.yaml
+    # the bundles' inference.yaml: the review threshold calibrated on the validation fold, beside the weights
+    calibrated = json.loads((served["roots"][bundle] / "models" / "review_gradcam.json").read_text())
+    score = result["certainty_score"]
+    assert score == "crelevance_mass" and result["review_threshold"] == calibrated["scores"][score]["threshold"]
     truth = ground_truth(served, study)
     assert label.shape == truth.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1}
     if result["segu"]:

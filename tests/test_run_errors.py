@@ -36,7 +36,7 @@ def image_file(path: Path) -> str:
 
 def test_inference_without_its_checkpoint_fails_naming_it(tmp_path):
     inputs = repr([image_file(tmp_path / "a.png")])
-    code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", tmp_path / "root", "--input", inputs)
+    code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", tmp_path / "root", "--input", inputs, "--review_threshold", "0.1")
     assert code != 0, out[-3000:]
     assert last.startswith("error: ") and str(tmp_path / "root" / "models" / "model.pt") in last, out[-3000:]
     assert not (tmp_path / "root" / "inference" / "predictions.csv").exists()

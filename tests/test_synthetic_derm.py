@@ -129,6 +129,30 @@ def test_artefacts_follow_the_class_outside_test_and_not_in_test():
     assert not any(p.artefact == CLASS_ARTEFACT[p.dx] for p in no_shortcut if p.fold == "training")
 
 
+def test_plain_lesions_are_a_share_of_lesions_in_every_fold_whose_test_artefact_is_mostly_another_class():
+    plan = plan_ham_like(n_images=3000, plain_fraction=0.25)
+    lesions = {(p.lesion_id, p.plain, p.fold) for p in plan}
+    assert 0.22 < np.mean([plain for _, plain, _ in lesions]) < 0.28
+    assert len({lesion for lesion, _, _ in lesions}) == len(lesions)  # all images of a lesion share its look
+    for fold in FOLDS:
+        assert 0.18 < np.mean([plain for _, plain, f in lesions if f == fold]) < 0.32, fold
+    plain_test = [p for p in plan if p.plain and p.fold == "test"]
+    assert 6 / 7 - 0.06 < np.mean([p.artefact != CLASS_ARTEFACT[p.dx] for p in plain_test]) < 6 / 7 + 0.06
+    none, every = plan_ham_like(n_images=N_IMAGES, plain_fraction=0), plan_ham_like(n_images=N_IMAGES, plain_fraction=1)
+    assert not any(p.plain for p in none) and all(p.plain for p in every)
+    same_but_look = [dataclasses.replace(p, plain=False) for p in every]
+    assert same_but_look == none  # the look has a stream of its own: split and artefacts are unchanged
+
+
+def test_a_plain_lesion_does_not_show_its_class():
+    image = next(p for p in plan_ham_like(n_images=N_IMAGES, plain_fraction=1) if p.dx == "nv")
+    as_plain = {dx: render_ham_like(dataclasses.replace(image, dx=dx), SIZE) for dx in ("nv", "mel")}
+    for drawn_as_nv, drawn_as_mel in zip(as_plain["nv"], as_plain["mel"]):  # picture and mask
+        assert np.array_equal(drawn_as_nv, drawn_as_mel)
+    as_class = {dx: render_ham_like(dataclasses.replace(image, dx=dx, plain=False), SIZE)[0] for dx in ("nv", "mel")}
+    assert not np.array_equal(as_class["nv"], as_class["mel"]) and not np.array_equal(as_class["nv"], as_plain["nv"][0])
+
+
 def test_artefacts_never_touch_the_lesion():
     image = plan_ham_like(n_images=N_IMAGES)[0]
     renders = [render_ham_like(dataclasses.replace(image, artefact=artefact), SIZE) for artefact in ARTEFACTS]
@@ -152,6 +176,7 @@ def test_default_size_has_three_test_lesions_per_class():
         (dict(image_size=(64, -1)), "image_size"),
         (dict(images_per_lesion=(0, 2)), "images_per_lesion"),
         (dict(spurious_strength=1.5), "spurious_strength"),
+        (dict(plain_fraction=-0.1), "plain_fraction"),
         (dict(val_fraction=0.5, test_fraction=0.5), "val_fraction"),
     ],
 )

@@ -21,7 +21,11 @@ them, each class shows its own artefact (:data:`CLASS_ARTEFACT`) with probabilit
 split the artefact is drawn independently of the class. A classifier trained on these images can therefore take the
 shortcut and look at the artefact rather than the lesion, and its explanation drifts outside the lesion: the
 situation that SegX (explanation restricted to the lesion) and SegU (how much of the explanation lies in the lesion)
-exist for. :func:`plan_ham_like` returns the per-image artefact, since the metadata CSV keeps the real columns only.
+exist for. A share ``plain_fraction`` of the lesions, drawn independently of class and split, is painted with one
+plain look common to all classes (:func:`_paint_plain`: a muted, evenly pigmented lesion of common size and border), so
+that in training only their artefact tells their class: a classifier learns the shortcut for them, and on the test
+fold, where the artefact is another class's for six images in seven, it gets most of them wrong for that reason.
+:func:`plan_ham_like` returns the per-image artefact and look, since the metadata CSV keeps the real columns only.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ CLASS_ARTEFACT = {
     "df": "marker_ring_bottom_left",
 }
 ARTEFACTS = tuple(CLASS_ARTEFACT.values())
+# The defaults: a strong shortcut, and one lesion in seven that only its artefact tells apart in training, so that a
+# demo classifier errs on about a fifth to a third of the test fold, mostly where the artefact is another class's.
+SPURIOUS_STRENGTH, PLAIN_FRACTION = 0.95, 0.15
 ARTEFACT_KIND_AND_PLACE = {  # what is drawn, and at which edge or corner
     "ruler_bottom": ("ruler", "bottom"),
     "ruler_left": ("ruler", "left"),
@@ -104,6 +111,7 @@ class SyntheticImage:
     image_folder: str
     fold: str
     artefact: str
+    plain: bool  # painted with the look shared by all classes (:func:`_paint_plain`), not its class's
     lesion_seed: int  # the lesion's appearance, shared by all its images
     image_seed: int  # this view: pose, skin, artefact placement, hairs
 
@@ -114,12 +122,15 @@ def plan_ham_like(
     split_seed: int = SPLIT_SEED,
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
-    spurious_strength: float = 0.9,
+    spurious_strength: float = SPURIOUS_STRENGTH,
     images_per_lesion: tuple[int, int] = (1, 3),
+    plain_fraction: float = PLAIN_FRACTION,
 ) -> list[SyntheticImage]:
     """Draw the metadata, split and artefact of every image, without any pixels; rows sorted by lesion and image id."""
     if not 0 <= spurious_strength <= 1:
         raise ValueError(f"spurious_strength must lie in [0, 1], got {spurious_strength}.")
+    if not 0 <= plain_fraction <= 1:
+        raise ValueError(f"plain_fraction must lie in [0, 1], got {plain_fraction}.")
     lowest, highest = images_per_lesion
     if not 1 <= lowest <= highest:
         raise ValueError(f"images_per_lesion must be (fewest, most) with 1 <= fewest <= most, got {images_per_lesion}.")
@@ -136,6 +147,7 @@ def plan_ham_like(
     image_ranks = rng.permutation(n_images)
     lesion_seeds = rng.integers(2**32, size=n_lesions)
     image_seeds = rng.integers(2**32, size=n_images)
+    plain_lesions = np.random.default_rng([seed, 2]).random(n_lesions) < plain_fraction  # a stream of its own
 
     rows = []
     first_image = np.cumsum(images_of_lesion) - images_of_lesion
@@ -150,6 +162,7 @@ def plan_ham_like(
                     dx=str(dx),
                     **patient,
                     image_folder=IMAGE_FOLDERS[rank >= (n_images + 1) // 2],
+                    plain=bool(plain_lesions[lesion]),
                     lesion_seed=int(lesion_seeds[lesion]),
                     image_seed=int(image_seeds[index]),
                 )
@@ -270,9 +283,10 @@ def render_ham_like(image: SyntheticImage, image_size: tuple[int, int] = (160, 1
     skin_tone = lesion_rng.random()  # the patient's skin, the same in every view
     colour = _paint_skin(view_rng, grid, skin_tone)
 
-    u, v, pixel = _lesion_frame(lesion_rng, view_rng, grid, image.dx)
-    lesion_alpha, inside = _lesion_outline(lesion_rng, u, v, pixel, LESION_IRREGULARITY[image.dx])
-    lesion_colour, opacity = LESION_PAINTERS[image.dx](lesion_rng, u, v, pixel)
+    look = "plain" if image.plain else image.dx
+    u, v, pixel = _lesion_frame(lesion_rng, view_rng, grid, look)
+    lesion_alpha, inside = _lesion_outline(lesion_rng, u, v, pixel, LESION_IRREGULARITY[look])
+    lesion_colour, opacity = LESION_PAINTERS[look](lesion_rng, u, v, pixel)
     colour = _over(colour, lesion_colour, lesion_alpha * opacity)
 
     artefact_rng = np.random.default_rng([image.image_seed, 1])
@@ -318,16 +332,19 @@ def _paint_skin(rng: np.random.Generator, grid: _Grid, tone: float) -> np.ndarra
     return colour + texture
 
 
-# Per class: the range of lesion radii (in half-short-side units) and how much the border wobbles.
+# Per class (and for the plain look of any class): the range of lesion radii (in half-short-side units) and how much
+# the border wobbles.
 LESION_RADIUS = {
     "nv": (0.48, 0.72), "mel": (0.55, 0.8), "bkl": (0.48, 0.72), "bcc": (0.45, 0.66),
-    "akiec": (0.45, 0.66), "vasc": (0.4, 0.56), "df": (0.28, 0.4),
+    "akiec": (0.45, 0.66), "vasc": (0.4, 0.56), "df": (0.28, 0.4), "plain": (0.3, 0.75),
 }  # fmt: skip
-LESION_IRREGULARITY = {"nv": 0.03, "mel": 0.22, "bkl": 0.06, "bcc": 0.07, "akiec": 0.11, "vasc": 0.1, "df": 0.04}
+LESION_IRREGULARITY = {
+    "nv": 0.03, "mel": 0.22, "bkl": 0.06, "bcc": 0.07, "akiec": 0.11, "vasc": 0.1, "df": 0.04, "plain": 0.08,
+}  # fmt: skip
 
 
 def _lesion_frame(
-    lesion_rng: np.random.Generator, view_rng: np.random.Generator, grid: _Grid, dx: str
+    lesion_rng: np.random.Generator, view_rng: np.random.Generator, grid: _Grid, look: str
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Coordinates (u, v) in the lesion's own frame (its outline near radius 1) and the size of a pixel in that frame.
 
@@ -335,7 +352,7 @@ def _lesion_frame(
     """
     off_centre = 0.08 if lesion_rng.random() < 0.8 else 0.3  # mostly central, but not always
     centre = np.clip(lesion_rng.normal(0, off_centre, 2), -0.45, 0.45) + view_rng.normal(0, 0.04, 2)
-    radius = lesion_rng.uniform(*LESION_RADIUS[dx]) * view_rng.uniform(0.9, 1.1)
+    radius = lesion_rng.uniform(*LESION_RADIUS[look]) * view_rng.uniform(0.9, 1.1)
     aspect = lesion_rng.uniform(0.75, 1.0)
     angle = lesion_rng.uniform(0, 2 * np.pi) + view_rng.uniform(-0.4, 0.4)
     offset_x, offset_y = grid.x - centre[0], grid.y - centre[1]
@@ -441,10 +458,16 @@ def _paint_dermatofibroma(rng, u, v, pixel):
     return _over(colour, (238, 226, 218), np.clip(scar_edge / 0.12 + 0.5, 0, 1)), 1.0
 
 
+def _paint_plain(rng, u, v, pixel):
+    """Any class: a muted mauve-brown, evenly pigmented with soft blotches, a look no class has of its own."""
+    mauve = _mix((178, 132, 122), (122, 86, 82), rng.random())
+    return mauve * (1 + 0.06 * value_noise(rng, u, v, 5))[..., None], 0.95
+
+
 LesionPainter = Callable[[np.random.Generator, np.ndarray, np.ndarray, float], tuple[np.ndarray, float]]
 LESION_PAINTERS: dict[str, LesionPainter] = {
     "nv": _paint_nevus, "mel": _paint_melanoma, "bkl": _paint_keratosis, "bcc": _paint_carcinoma,
-    "akiec": _paint_actinic, "vasc": _paint_vascular, "df": _paint_dermatofibroma,
+    "akiec": _paint_actinic, "vasc": _paint_vascular, "df": _paint_dermatofibroma, "plain": _paint_plain,
 }  # fmt: skip
 INK_VIOLET, MARKER_PURPLE, RULER_BLACK, FIELD_BLACK = (70, 50, 150), (115, 55, 140), (28, 28, 30), (10, 8, 8)
 
@@ -462,8 +485,8 @@ def _paint_artefact(rng: np.random.Generator, grid: _Grid, artefact: str) -> tup
         offset = rng.uniform(0, 0.1)
         tick_index = np.round((along - offset) / 0.1)
         tick_length = np.where(tick_index % 5 == 0, 0.14, 0.07)
-        line = np.abs(depth - base) < max(pixel, 0.012)
-        on_tick = np.abs(along - offset - 0.1 * tick_index) < max(0.6 * pixel, 0.004)
+        line = np.abs(depth - base) < max(pixel, 0.025)  # bold enough to survive a 64 px resize
+        on_tick = np.abs(along - offset - 0.1 * tick_index) < max(0.6 * pixel, 0.012)
         ticks = on_tick & (depth > base) & (depth < base + tick_length)
         return RULER_BLACK, 0.85 * ((line | ticks) & (np.abs(along) < 0.85))
     sign_x = -1 if place.endswith("left") else 1
@@ -471,9 +494,9 @@ def _paint_artefact(rng: np.random.Generator, grid: _Grid, artefact: str) -> tup
     x = grid.x - sign_x * (grid.half_width - 0.28)
     y = grid.y - sign_y * (grid.half_height - 0.26)
     if kind == "ink_dots":
-        return INK_VIOLET, 0.9 * _dots(rng, x, y, rng.integers(3, 7), 0.16, (0.035, 0.06))
+        return INK_VIOLET, 0.9 * _dots(rng, x, y, rng.integers(3, 7), 0.16, (0.05, 0.09))
     centre = rng.uniform(-0.05, 0.05, 2)
-    ring = max(1.5 * pixel, 0.035) / 2 - np.abs(np.hypot(x - centre[0], y - centre[1]) - rng.uniform(0.13, 0.17))
+    ring = max(1.5 * pixel, 0.06) / 2 - np.abs(np.hypot(x - centre[0], y - centre[1]) - rng.uniform(0.13, 0.17))
     return MARKER_PURPLE, 0.9 * np.clip(ring / pixel + 0.5, 0, 1)
 
 
@@ -501,9 +524,10 @@ def generate_ham_like(
     split_seed: int = SPLIT_SEED,
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
-    spurious_strength: float = 0.9,
+    spurious_strength: float = SPURIOUS_STRENGTH,
     images_per_lesion: tuple[int, int] = (1, 3),
     jpeg_quality: int = 90,
+    plain_fraction: float = PLAIN_FRACTION,
 ) -> Path:
     """Write a synthetic HAM10000 (metadata CSV, JPEG images in two parts, lesion masks) to ``out_dir``; return it.
 
@@ -513,7 +537,7 @@ def generate_ham_like(
     """
     _check_image_size(image_size)
     images = plan_ham_like(
-        n_images, seed, split_seed, val_fraction, test_fraction, spurious_strength, images_per_lesion
+        n_images, seed, split_seed, val_fraction, test_fraction, spurious_strength, images_per_lesion, plain_fraction
     )
     return write_ham_like(images, out_dir, image_size, jpeg_quality)
 
@@ -551,8 +575,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split-seed", type=int, default=SPLIT_SEED, help="the seed the data will be split with")
     parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     parser.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
-    parser.add_argument("--spurious-strength", type=float, default=0.9)
+    parser.add_argument("--spurious-strength", type=float, default=SPURIOUS_STRENGTH)
     parser.add_argument("--images-per-lesion", type=int, nargs=2, default=(1, 3), metavar=("FEWEST", "MOST"))
+    parser.add_argument(
+        "--plain-fraction", type=float, default=PLAIN_FRACTION, help="share of lesions without their class's look"
+    )
     args = parser.parse_args(argv)
     try:
         width, height = (int(side) for side in args.size.lower().split("x"))
@@ -568,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.test_fraction,
             args.spurious_strength,
             tuple(args.images_per_lesion),
+            args.plain_fraction,
         )
     except ValueError as error:
         parser.error(str(error))

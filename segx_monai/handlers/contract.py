@@ -57,12 +57,16 @@ class Columns:
     CRELEVANCE_MASS = "crelevance_mass"  # share of the map's positive relevance inside M
     CRANK_ACCURACY = "crank_accuracy"  # share of the map's |M| highest pixels inside M
     REGION_FRACTION = "region_fraction"  # M's share of the image: above q, cIoU cannot exceed q / region_fraction
-    REVIEW = "review"  # 1 when the chosen SegU score is below the review threshold
+    REVIEW = "review"  # 1 when the chosen SegU score is below the review threshold (or undefined)
+    # the probability of a correct prediction given [confidence, the chosen SegU score], by the logistic regression
+    # fitted on the validation fold when the review threshold was calibrated (models/review_<explainer>.json)
+    COMBINED = "combined"
     TEXT = (IMAGE_ID, FINDING, PREDICTION, PREDICTED_FINDINGS, LABEL)  # columns of text, whatever their cells hold
 
 
 CONFIDENCE_SCORES = (Columns.CONFIDENCE, Columns.ENTROPY)  # the classifier's own certainty, per sample-table row
 CERTAINTY_SCORES = (Columns.CIOU, Columns.CAUITC, Columns.CPRECISION, Columns.CRELEVANCE_MASS, Columns.CRANK_ACCURACY)
+CERTAINTY_SCORE_NAMES = dict(zip(CERTAINTY_SCORES, ("cIoU", "cAUITC", "cPrecision", "cRelevance mass", "cRank accuracy")))  # as reports name them
 LOCALIZATION_METRICS = ("iou_at_q", "auitc", "hit", "relevance_mass")
 MAP_VARIANTS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP}  # the maps that localisation compares
 # the set of most relevant pixels a map declares itself (SegX: its variant's binary map), which IoU@q and hit score in

@@ -21,6 +21,7 @@ from segx_monai.explainers import Explainer, explain_positive_classes
 from segx_monai.handlers.contract import CERTAINTY_SCORES, Columns, OutputKeys
 from segx_monai.handlers.localization import LocalizationScores
 from segx_monai.handlers.writers import IterationHandler, item_rows
+from segx_monai.metrics.calibration import combined_score
 
 __all__ = ["ExplainPredictions", "LocalizationScores", "SegUScores", "SegXMaps"]  # the bundles' configs name all four here
 
@@ -39,6 +40,17 @@ def _split_pairs(values: torch.Tensor, items: Sequence[dict], key: str, count_ke
 def _repeat_per_pair(items: Sequence[dict], key: str, count_key: str = OutputKeys.MAP) -> torch.Tensor:
     """Each item's ``(C, *spatial)`` tensor of ``key`` repeated once per explained pair of that item."""
     return torch.cat([item[key][None].expand(item[count_key].shape[0], *item[key].shape) for item in items])
+
+
+def certainty_scores(maps: torch.Tensor, regions: torch.Tensor, q: float, n_thresholds: int) -> dict[str, torch.Tensor]:
+    """Every SegU score of ``CERTAINTY_SCORES``, ``(B,)`` each, of the raw ``maps`` with the predicted ``regions``."""
+    return {
+        Columns.CIOU: compute_ciou(maps, regions, q),
+        Columns.CAUITC: compute_cauitc(maps, regions, n_thresholds),
+        Columns.CPRECISION: compute_cprecision(maps, regions, q),
+        Columns.CRELEVANCE_MASS: compute_crelevance_mass(maps, regions),
+        Columns.CRANK_ACCURACY: compute_crank_accuracy(maps, regions),
+    }
 
 
 class ExplainPredictions(IterationHandler):
@@ -105,29 +117,41 @@ class SegUScores(IterationHandler):
     and the size-aware precision, relevance mass and rank accuracy) of the raw map with the predicted region, and the
     region's share of the image (``region_fraction``: cIoU is capped at q / region_fraction).
 
-    A row is flagged for ``review`` when its ``score`` (one of ``CERTAINTY_SCORES``) is below ``review_threshold``.
+    A row is flagged for ``review`` when its ``score`` (one of ``CERTAINTY_SCORES``) is below ``review_threshold`` or
+    undefined (None: no flag, as when the threshold is being calibrated). With ``combined`` (the fit of
+    ``segx_monai.metrics.calibration.fit_combined_score`` on [confidence, ``score``]) each row gets the ``combined``
+    score too.
     """
 
     requires = (OutputKeys.MAP, OutputKeys.REGION_MASK)
 
-    def __init__(self, q: float = 0.05, n_thresholds: int = 101, review_threshold: float = 0.1, score: str = Columns.CIOU) -> None:
+    def __init__(
+        self, q: float = 0.05, n_thresholds: int = 101, review_threshold: float | None = 0.1, score: str = Columns.CIOU,
+        combined: dict | None = None,
+    ) -> None:
         if score not in CERTAINTY_SCORES:
             valid = ", ".join(CERTAINTY_SCORES)
             raise ValueError(f"SegUScores: score (certainty_score) must be one of {valid}, got {score!r}.")
+        if review_threshold is not None and (isinstance(review_threshold, bool) or not isinstance(review_threshold, (int, float))):
+            raise ValueError(f"SegUScores: review_threshold must be a number, got {review_threshold!r}.")
+        if combined is not None and combined.get("features") != [Columns.CONFIDENCE, score]:
+            raise ValueError(f"SegUScores: the combined fit is on {combined.get('features')}, expected "
+                             f"{[Columns.CONFIDENCE, score]} for certainty_score {score!r}.")
         self.q, self.n_thresholds, self.review_threshold, self.score = q, n_thresholds, review_threshold, score
+        self.combined = combined
 
     def __call__(self, engine: Engine) -> None:
         items = self.output(engine)
         maps, regions = _stack_pairs(items, OutputKeys.MAP), _stack_pairs(items, OutputKeys.REGION_MASK)
         scores = {
-            Columns.CIOU: compute_ciou(maps, regions, self.q),
-            Columns.CAUITC: compute_cauitc(maps, regions, self.n_thresholds),
-            Columns.CPRECISION: compute_cprecision(maps, regions, self.q),
-            Columns.CRELEVANCE_MASS: compute_crelevance_mass(maps, regions),
-            Columns.CRANK_ACCURACY: compute_crank_accuracy(maps, regions),
+            **certainty_scores(maps, regions, self.q, self.n_thresholds),
             Columns.REGION_FRACTION: regions.flatten(1).float().mean(dim=1),
         }
         rows = [row for item in items for row in item_rows(item) if item[OutputKeys.MAP].shape[0]]
         for n, row in enumerate(rows):
             row.update({name: float(values[n]) for name, values in scores.items()})
-            row[Columns.REVIEW] = int(row[self.score] < self.review_threshold)
+            if self.review_threshold is not None:
+                row[Columns.REVIEW] = int(not row[self.score] >= self.review_threshold)
+            if self.combined is not None:
+                features = torch.tensor([[row.get(Columns.CONFIDENCE, float("nan")), row[self.score]]])
+                row[Columns.COMBINED] = float(combined_score(self.combined, features)[0])

@@ -24,15 +24,19 @@ from segx_monai.handlers.savers import PANELS, display_percentile
 from segx_monai.metrics.certainty import correctness_auroc, mean_by_correctness, risk_coverage_curve
 from segx_monai.report import render
 from segx_monai.report.render import fmt, fmt_estimate
+from segx_monai.report.sanity import sanity_section
 
 LOCALIZATION_METRICS = dict(zip(contract.LOCALIZATION_METRICS, ("IoU@q", "AUITC", "Hit rate", "Relevance mass")))
 ESTIMATES = ("raw", "segx", "difference")  # per localisation metric: the means and their paired difference
-CERTAINTY_SCORES = dict(
-    zip(contract.CERTAINTY_SCORES, ("cIoU", "cAUITC", "cPrecision", "cRelevance mass", "cRank accuracy"), strict=True)
-)
+CERTAINTY_SCORES = contract.CERTAINTY_SCORE_NAMES
 BASELINE_SCORES = dict(zip(contract.CONFIDENCE_SCORES, ("Confidence", "Negative entropy"), strict=True))
 NEGATED_SCORES = {Columns.ENTROPY}  # lower means more certain: negated, so that every score ranks certain cases first
-COMPARED_SCORES = {**BASELINE_SCORES, **CERTAINTY_SCORES}  # the certainty table's rows, the baseline first
+COMBINED_SCORE = {Columns.COMBINED: "Combined (confidence + SegU)"}  # fitted on validation, see run.json
+COMPARED_SCORES = {**BASELINE_SCORES, **CERTAINTY_SCORES, **COMBINED_SCORE}  # the certainty table's rows, the baseline first
+REVIEW_GOALS = {
+    "accepted_error": "the largest coverage whose error rate among accepted predictions is at most {target}",
+    "flag_rate": "flag at most {target} of the predictions",
+}
 COUNT_LABELS = {
     "rows": "Predictions (rows)", "images": "Images", "correct": "Correct", "incorrect": "Incorrect",
     "with_ground_truth_mask": "With ground-truth mask", "empty_region": "Empty predicted region",
@@ -52,7 +56,7 @@ GALLERY = {  # section -> (heading, how its cases are chosen)
     "uncertain": ("Most uncertain", "lowest SegU cIoU: the explanation lies mostly outside the segmented region"),
 }
 GALLERY_PANEL_WIDTH = 224  # pixels: overlay strips are enlarged so that each panel is at least this wide
-EXPLAINER_SETTINGS = {"shap_samples": "gradient_shap"}  # run settings that only one explainer reads
+EXPLAINER_SETTINGS = {"shap_samples": ("gradient_shap",), "gradcam_layer": ("gradcam", "gradcampp")}  # run settings only these explainers read
 EXPLAIN = {
     "settings": "How the explanations were made: the explainer, how the map was restricted to the segmented region "
     "(SegX variant), the top fraction q of the map kept, the probability above which a pixel counts as clinical "
@@ -72,6 +76,12 @@ EXPLAIN = {
     "one (0.5 = chance, 1 = perfect); AURC is the error rate among the most certain cases averaged over all cut-offs "
     "(lower is better); the last column is the score's AUROC minus the confidence's on the same resampled cases. No "
     "winner is assumed: an interval that contains 0 means these data do not tell the two scores apart.",
+    "review": "A prediction is accepted when its certainty score is at least the review threshold and flagged for "
+    "review otherwise (or when the score is undefined). The threshold is chosen on the validation fold, never on "
+    "these test cases; the table shows how it does here: the share flagged, and the error rate among the accepted "
+    "and among the flagged predictions (errors / predictions).",
+    "review_plot": "Validation fold: coverage (share of predictions accepted) against the error rate among the "
+    "accepted ones, for every threshold; the dot marks the chosen one.",
     "auitc_plot": "Mean overlap with the expert outline when the [0, 1]-scaled map is cut at threshold τ; the area "
     "under each curve is the AUITC.",
     "risk_coverage_plot": "Accuracy among the most certain share of cases, for every certainty score on the same "
@@ -238,6 +248,64 @@ def _count_samples(samples: dict[str, np.ndarray]) -> dict[str, int]:
     }
 
 
+def _review_outcomes(samples: dict[str, np.ndarray]) -> dict[str, float | int]:
+    """On the rows with an outcome and a review flag: how many are flagged, and the errors among accepted and among
+    flagged rows, with their rates (NaN for an empty group)."""
+    review, correct = _column(samples, Columns.REVIEW), _column(samples, Columns.CORRECT)
+    used = np.isfinite(review) & np.isfinite(correct)
+    flagged, wrong = review[used] == 1, correct[used] == 0
+    counts = {"n": int(used.sum()), "n_flagged": int(flagged.sum()), "n_accepted": int((~flagged).sum()),
+              "errors_accepted": int((wrong & ~flagged).sum()), "errors_flagged": int((wrong & flagged).sum())}
+    rate = lambda k, n: k / n if n else math.nan  # noqa: E731
+    return {**counts, "flag_rate": rate(counts["n_flagged"], counts["n"]),
+            "accepted_error": rate(counts["errors_accepted"], counts["n_accepted"]),
+            "flagged_error": rate(counts["errors_flagged"], counts["n_flagged"])}
+
+
+def _review_threshold(samples: dict[str, np.ndarray], settings: dict) -> dict:
+    """The run's review threshold, where it came from (``run.json``'s ``review_calibration``: the validation choice
+    and curve, or set by hand) and how it does on these rows."""
+    calibration = settings.get("review_calibration") or {}
+    return {"threshold": settings.get("review_threshold"), "certainty_score": settings.get("certainty_score"),
+            "calibration": calibration, "test": _review_outcomes(samples)}
+
+
+def _review_section(review: dict) -> str:
+    """The "Review threshold" section: the validation choice with its curve, and the flag and error rates on test."""
+    calibration, test = review["calibration"], review["test"]
+    score = CERTAINTY_SCORES.get(review["certainty_score"], review["certainty_score"] or "the certainty score")
+    threshold = f"Threshold {fmt(review['threshold'])} on {score}"
+    figures, notes = [], []
+    if "goal" in calibration:
+        goal = REVIEW_GOALS.get(calibration["goal"], "{target}").format(target=fmt(calibration["target"]))
+        text = (f"{threshold}, chosen on the {calibration['fold']} fold ({calibration['n_cases']} predictions, "
+                f"{calibration['n_errors']} incorrect) for the goal: {goal} (review_goal {calibration['goal']}, "
+                f"review_target {fmt(calibration['target'])}); there it accepted {fmt(calibration['coverage'])} of the "
+                f"predictions, with error rate {fmt(calibration['accepted_error'])} among them. From {calibration['source']}.")
+        if calibration.get("note"):
+            text += f" Note: {calibration['note']}."
+        curve = calibration.get("curve", {})
+        coverage, error = (np.asarray(curve.get(k, []), dtype=float) for k in ("coverage", "accepted_error"))
+        if len(coverage):
+            fig = render.line_plot({"validation": (coverage, error)}, "coverage (share of predictions accepted)",
+                                   "error rate among accepted", "Review threshold")
+            chosen = np.asarray([calibration["coverage"], calibration["accepted_error"]], dtype=float)  # null: NaN
+            fig.axes[0].plot(*chosen[:, None], "o", color="black", label=f"chosen: threshold {fmt(review['threshold'])}")
+            fig.axes[0].legend(fontsize=8)
+            figures.append((render.figure_uri(fig), EXPLAIN["review_plot"]))
+    else:
+        text = f"{threshold}, {calibration.get('source', 'of unknown origin (run.json does not say)')}: not chosen on validation."
+    if not figures:
+        notes.append("Validation curve not drawn: the threshold was not calibrated in this run's settings.")
+    counts = lambda k, n, r: f"{k} / {n} = {fmt(r)}"  # noqa: E731
+    rows = [["Predictions with an outcome and a review flag", test["n"]],
+            ["Flagged for review", counts(test["n_flagged"], test["n"], test["flag_rate"])],
+            ["Error rate among accepted", counts(test["errors_accepted"], test["n_accepted"], test["accepted_error"])],
+            ["Error rate among flagged", counts(test["errors_flagged"], test["n_flagged"], test["flagged_error"])]]
+    return ("<h2>Review threshold</h2>" + render.paragraph(text)
+            + render.table(["On the test fold", "Value"], rows, EXPLAIN["review"]) + render.figure_row(figures, notes=notes))
+
+
 def _regions_larger_than_q(samples: dict[str, np.ndarray], q: float | None) -> dict:
     """How many rows with a known region share (``region_fraction``) have a predicted region larger than ``q``."""
     fraction = _column(samples, Columns.REGION_FRACTION)
@@ -307,10 +375,10 @@ def write_run_info(interpret_dir: str | Path, settings: dict, **extra: object) -
 
 
 def own_settings(settings: dict) -> dict:
-    """The settings without those that only another explainer than the run's ``explainer`` reads
+    """The settings without those that only other explainers than the run's ``explainer`` read
     (``EXPLAINER_SETTINGS``), such as GradientSHAP's draws in a Grad-CAM run."""
     explainer = settings.get("explainer")
-    return {key: value for key, value in settings.items() if EXPLAINER_SETTINGS.get(key, explainer) == explainer}
+    return {key: value for key, value in settings.items() if explainer in EXPLAINER_SETTINGS.get(key, (explainer,))}
 
 
 def _read_json(path: Path) -> dict:
@@ -490,6 +558,7 @@ def build_report(
         "bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "level": 0.95},
         **summarize(samples, n_bootstrap, seed),
         "regions_larger_than_q": _regions_larger_than_q(samples, q),
+        "review_threshold": _review_threshold(samples, settings),
         "auitc_curves": {"n": curves.get(CurveFields.COUNT), **_curve_areas(curves)},
         "gallery": {section: samples[Columns.IMAGE_ID][rows].tolist() for section, rows in selected.items()},
     }
@@ -504,13 +573,17 @@ def build_report(
         }
     (folder / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
 
+    shown = {key: value.get("source") if key == "review_calibration" and isinstance(value, dict) else value
+             for key, value in settings.items()}  # the calibration's curve is drawn in its own section
     body = "<h2>Settings</h2>" + render.table(
-        ["Setting", "Value"], [[key, value] for key, value in settings.items()], EXPLAIN["settings"],
+        ["Setting", "Value"], [[key, value] for key, value in shown.items()], EXPLAIN["settings"],
         [] if settings else ["run.json not found: settings unknown."],
     )
-    body += _tables(summary, "All predictions") + _plots(samples, curves, summary)
+    body += _tables(summary, "All predictions") + _plots(samples, curves, summary) + _review_section(summary["review_threshold"])
     for finding, finding_summary in summary.get("by_finding", {}).items():
         body += _tables(finding_summary, f"Finding {finding}")
+    if (folder / "sanity.json").is_file():  # written when the run's sanity checks were on
+        body += sanity_section(_read_json(folder / "sanity.json"))
     body += _gallery(samples, overlay_dir, selected, settings)
     body += render.paragraph(
         f"Intervals: 95% percentile bootstrap over {n_bootstrap} resamples of the predictions (seed {seed}); "
