@@ -130,6 +130,17 @@ def test_a_missing_or_mismatched_calibration_ends_the_run_naming_it(trained_ham_
     assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
+def test_a_calibration_at_another_image_size_does_not_apply(trained_ham_bundle, ham_dir):
+    calibrated = json.loads((trained_ham_bundle / "models" / "review_gradcam.json").read_text())["settings"]["image_size"]
+    same = ham_workflow(trained_ham_bundle, ham_dir, INFER)
+    assert same.parser.get_parsed_content("review_threshold") == pytest.approx(
+        json.loads((trained_ham_bundle / "models" / "review_gradcam.json").read_text())["scores"]["crelevance_mass"]["threshold"])
+    other = ham_workflow(trained_ham_bundle, ham_dir, INFER, image_size=calibrated + 16)
+    with pytest.raises(RuntimeError) as raised:  # MONAI's evaluation error, raised from the calibration's
+        other.parser.get_parsed_content("review_threshold")
+    assert f"calibrated with image_size {calibrated}, but this run has image_size {calibrated + 16}" in str(raised.value.__cause__)
+
+
 def test_a_threshold_given_by_hand_replaces_the_calibrated_one(trained_ham_bundle, ham_dir, tmp_path):
     """--review_threshold needs no calibration file, also when the file was measured otherwise (no combined score)."""
     images = [str(p) for p in sorted(ham_dir.rglob("ISIC_*.jpg"))[:4]]

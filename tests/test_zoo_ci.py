@@ -33,6 +33,10 @@ def checkable_bundle(trained: Path, data_dir: Path, bundle: str, dest: Path) -> 
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     (root / "data").mkdir()
     (root / "data" / "synthetic").symlink_to(data_dir, target_is_directory=True)
+    # its image_size: the one its models were trained and their review threshold calibrated at (the tests' tiny size)
+    trained_size = json.loads((root / "models" / "review_gradcam.json").read_text())["settings"]["image_size"]
+    config = root / "configs" / "inference.yaml"
+    config.write_text(re.sub(r"^image_size: \d+", f"image_size: {trained_size}", config.read_text(), count=1, flags=re.M))
     return root
 
 
