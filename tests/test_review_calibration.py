@@ -182,3 +182,13 @@ def test_the_report_counts_accepted_and_flagged_errors_by_hand():
     assert {k: outcome[k] for k in ("n", "n_flagged", "n_accepted", "errors_flagged", "errors_accepted")} == {
         "n": 5, "n_flagged": 2, "n_accepted": 3, "errors_flagged": 1, "errors_accepted": 1}
     assert (outcome["flag_rate"], outcome["flagged_error"], outcome["accepted_error"]) == pytest.approx((2 / 5, 1 / 2, 1 / 3))
+
+
+def test_the_review_target_changes_the_calibrated_thresholds(trained_ham_bundle, ham_dir, tmp_path):
+    thresholds = {}
+    for target in (0.1, 0.5):  # flag at most 10% vs 50% of the validation cases
+        review_file = tmp_path / f"review_{target}.json"
+        run_workflow(ham_workflow(trained_ham_bundle, ham_dir, CALIBRATE, review_goal="flag_rate", review_target=target,
+                                  review_file=str(review_file), calibrate_dir=str(tmp_path / f"calibrate_{target}")))
+        thresholds[target] = [json.loads(review_file.read_text())["scores"][s]["threshold"] for s in CERTAINTY_SCORES]
+    assert all(low <= high for low, high in zip(thresholds[0.1], thresholds[0.5])) and thresholds[0.1] != thresholds[0.5], thresholds
