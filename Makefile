@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 DEMO ?= ham
+# another classifier (patchnet) is also trained by the demo and compared with DenseNet121: make demo DEMO=chest CLASSIFIER=patchnet
+CLASSIFIER ?= densenet121
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test benchmark clean
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
+	PATH="$(CURDIR)/$(BIN):$$PATH" CLASSIFIER=$(CLASSIFIER) bash scripts/demo.sh $(DEMO)
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -28,4 +30,4 @@ benchmark: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) bundles/*/data bundles/*/models/*.pt bundles/*/runs bundles/*/calibrate bundles/*/interpret bundles/*/inference bundles/*/models/review_*.json bundles/*/datalists
+	rm -rf $(VENV) bundles/*/data bundles/*/models/*.pt bundles/*/models/*/ bundles/*/runs bundles/*/calibrate bundles/*/interpret bundles/*/inference bundles/*/models/review_*.json bundles/*/datalists

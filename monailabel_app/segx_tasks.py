@@ -220,16 +220,18 @@ class SegXTask(_BundleInferTask):
     def __init__(self, bundle: Bundle, datastore_dir: Path) -> None:
         parser = bundle.parser((INFERENCE_CONFIG,))
         parser.update({"handlers": IN_MEMORY_HANDLERS, "dataloader": "$[]"})  # the study comes in per request
+        settings = {key: parser.get_parsed_content(key) for key in (
+            "classifier_name", "explainer_name", "explainer_label", "segx_variant", "top_fraction")}
         super().__init__(
             bundle, parser, "classifier_file", None, {"segx": 1},
-            f"{bundle.name}: classification with SegX map (explanation restricted to the {bundle.region}) and "
-            "SegU certainty with review flag", datastore_dir,
+            f"{bundle.name}: classification by {settings['classifier_name']} with SegX map of {settings['explainer_label']} "
+            f"(explanation restricted to the {bundle.region}) and SegU certainty with review flag", datastore_dir,
         )
+        self.settings = settings
         self.evaluator = parser.get_parsed_content("evaluator")
         handlers = parser.get_parsed_content("handlers")
         self.explain = next(h for h in handlers if isinstance(h, ExplainPredictions))
         self.segu = next(h for h in handlers if isinstance(h, SegUScores))
-        self.settings = {key: parser.get_parsed_content(key) for key in ("explainer_name", "segx_variant", "top_fraction")}
         self._lock = threading.Lock()  # one evaluator, one study at a time
 
     def run_inferer(self, data: dict, convert_to_batch: bool = True, device: str = "cpu") -> dict:

@@ -1,35 +1,67 @@
 #!/usr/bin/env bash
 # The built-in demo, on synthetic data in the real data sets' layouts: generate the data and train the classifier and
 # the segmenter (scripts/prepare.sh), evaluate both on the test fold, interpret the classifier with SegX/SegU (Grad-CAM
-# and GradientSHAP, each after calibrating its review threshold on the validation fold), run the standalone inference config from the bundle's own folder, and print where the reports are. Usage: scripts/demo.sh [ham|chest|all]. Re-running resumes finished work.
+# and GradientSHAP, each after calibrating its review threshold on the validation fold), run the standalone inference
+# config from the bundle's own folder, and print where the reports are. Re-running resumes finished work.
+# Usage: [CLASSIFIER=patchnet] scripts/demo.sh [ham|chest|all]. CLASSIFIER (default densenet121) other than DenseNet121:
+# also train that classifier on the same split and compare its explanations with DenseNet121's Grad-CAM, Grad-CAM++ and
+# Eigen-CAM, raw and with SegX (interpret/comparison.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+CLASSIFIER=${CLASSIFIER:-densenet121}
 
-bundle_demo() {  # bundle gradient-shap-draws grad-cam-layer
-  local bundle=$1 shap_samples=$2 gradcam_layer=$3
-  local root=bundles/$bundle
+explain() {  # bundle-root explainer [overrides...]: the review threshold on the validation fold, then the test fold's report
+  local root=$1 explainer=$2
+  shift 2
   local configs=$root/configs
+  python -m monai.bundle run calibrating --bundle_root "$root" \
+    --config_file "['$configs/inference.yaml','$configs/interpret.yaml','$configs/calibrate.yaml']" --explainer_name "$explainer" "$@"
+  python -m monai.bundle run interpreting --bundle_root "$root" \
+    --config_file "['$configs/inference.yaml','$configs/interpret.yaml']" --explainer_name "$explainer" "$@"
+}
+
+evaluate() {  # bundle-root network [overrides...]: test-fold metrics of a trained network
+  local root=$1 network=$2
+  shift 2
+  python -m monai.bundle run evaluating --bundle_root "$root" \
+    --config_file "['$root/configs/inference.yaml','$root/configs/train_$network.yaml','$root/configs/evaluate.yaml']" "$@"
+}
+
+bundle_demo() {  # bundle gradient-shap-draws
+  local bundle=$1 shap_samples=$2
+  local root=bundles/$bundle
   bash scripts/prepare.sh "$bundle"
-  for network in classifier segmenter; do
-    python -m monai.bundle run evaluating --bundle_root "$root" \
-      --config_file "['$configs/inference.yaml','$configs/train_$network.yaml','$configs/evaluate.yaml']"
-  done
-  for explainer in gradcam gradient_shap; do  # the review threshold on the validation fold, then the test fold's report
-    python -m monai.bundle run calibrating --bundle_root "$root" \
-      --config_file "['$configs/inference.yaml','$configs/interpret.yaml','$configs/calibrate.yaml']" \
-      --explainer_name "$explainer" --shap_samples "$shap_samples" --gradcam_layer "$gradcam_layer"
-    python -m monai.bundle run interpreting --bundle_root "$root" --config_file "['$configs/inference.yaml','$configs/interpret.yaml']" \
-      --explainer_name "$explainer" --shap_samples "$shap_samples" --gradcam_layer "$gradcam_layer"
-  done
-  (cd "$root" && python -m monai.bundle run inferring --config_file configs/inference.yaml --gradcam_layer "$gradcam_layer")  # the Model Zoo's way
+  evaluate "$root" classifier
+  evaluate "$root" segmenter
+  explain "$root" gradcam
+  explain "$root" gradient_shap --shap_samples "$shap_samples"
+  (cd "$root" && python -m monai.bundle run inferring --config_file configs/inference.yaml)  # the Model Zoo's way
+  [ "$CLASSIFIER" = densenet121 ] || compare "$bundle" "$CLASSIFIER"
+}
+
+compare() {  # bundle classifier: another classifier trained beside DenseNet121 on the same split, the other CAMs of
+  # DenseNet121, the other classifier's own explanations (a PatchNet's patch logits, raw and scaled; else Grad-CAM),
+  # and one table of them all (interpret/comparison.html)
+  local bundle=$1 classifier=$2
+  local root=bundles/$bundle
+  explain "$root" gradcampp
+  explain "$root" eigencam
+  bash scripts/prepare.sh "$bundle" --classifier_name "$classifier"
+  evaluate "$root" classifier --classifier_name "$classifier"
+  if [ "$classifier" = patchnet ]; then
+    for patch_map in raw scaled; do explain "$root" patch_logits --classifier_name patchnet --patch_map "$patch_map"; done
+  else
+    explain "$root" gradcam --classifier_name "$classifier"
+  fi
+  python -m segx_monai.report.comparison "$root"
 }
 
 # GradientSHAP draws per explanation: the published 50 for the skin bundle; the chest bundle explains every predicted
 # finding (1.3 per image) at twice the skin demo's size, four times the cost per draw: its demo takes 10 (run.json says so)
-# Grad-CAM on the block whose map is 8x8 at the demo's size (64 px skin, 128 px chest): the final one would be 2x2 / 4x4
-ham() { bundle_demo ham_segx 50 features.denseblock2; }
-chest() { bundle_demo chestx_segx 10 features.denseblock3; }
+# Grad-CAM explains the bundles' default layer, whose map is 8x8 at their default size (64 px skin, 128 px chest)
+ham() { bundle_demo ham_segx 50; }
+chest() { bundle_demo chestx_segx 10; }
 
 case "${1:-ham}" in
   ham) ham ;;

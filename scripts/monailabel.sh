@@ -4,8 +4,9 @@
 #   bash scripts/monailabel.sh
 #       from a fresh clone: set up .venv (make setup) and MONAI Label's own environment (scripts/monailabel_env.sh),
 #       prepare the demo bundles with scripts/prepare.sh as `make demo` does (generate the data if missing, train or
-#       resume, DEMO_EPOCHS epochs), write demo studies (dermoscopy JPEG, chest X-ray PNG and DICOM, some labelled) to
-#       data/monailabel_studies, and serve them.
+#       resume, DEMO_EPOCHS epochs), calibrate their Grad-CAM review threshold on the validation fold unless `make demo`
+#       did (models/review_gradcam.json, which the SegX tasks read), write demo studies (dermoscopy JPEG, chest X-ray
+#       PNG and DICOM, some labelled) to data/monailabel_studies, and serve them.
 #   bash scripts/monailabel.sh serve STUDIES [monailabel start_server options, e.g. --conf ham_segx_overrides '{...}']
 #       serve a studies folder, or a DICOMweb server's URL, with the bundles as they are.
 set -euo pipefail
@@ -33,7 +34,10 @@ demo() {
   local -a bundle_args=()
   for bundle in ham_segx chestx_segx; do
     PYTHON=$python bash scripts/prepare.sh "$bundle"
-    bundle_args+=(--bundle "$bundle" "bundles/$bundle" "bundles/$bundle/data/synthetic")
+    local root=bundles/$bundle
+    [ -f "$root/models/review_gradcam.json" ] || $python -m monai.bundle run calibrating --bundle_root "$root" \
+      --config_file "['$root/configs/inference.yaml','$root/configs/interpret.yaml','$root/configs/calibrate.yaml']" --explainer_name gradcam
+    bundle_args+=(--bundle "$bundle" "$root" "$root/data/synthetic")
   done
   [ -f "$studies/segx_studies.json" ] || $python monailabel_app/demo_studies.py --out "$studies" "${bundle_args[@]}"
   serve "$studies" --conf ham_segx_train_studies 'ham_*' --conf chestx_segx_train_studies 'chest_*'

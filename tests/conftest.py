@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,4 +118,19 @@ def trained_chest_bundle(tmp_path_factory, chest_dir) -> Path:
     root = tmp_path_factory.mktemp("chest_bundle")
     for configs in (TRAIN_CLASSIFIER, TRAIN_SEGMENTER, CALIBRATE):
         run_workflow(chest_workflow(root, chest_dir, configs))
+    return root
+
+
+PATCHNET = {"classifier_name": "patchnet", "patch_grid": 2, "explainer_name": "patch_logits"}  # 32 px patches at 64 px
+
+
+@pytest.fixture(scope="session")
+def trained_patchnet_chest_bundle(tmp_path_factory, trained_chest_bundle, chest_dir) -> Path:
+    """A copy of the tiny chest bundle with a PatchNet trained one epoch beside its DenseNet121 (models/patchnet/),
+    and its raw patch logits calibrated on the validation fold (models/patchnet/review_patch_logits_raw.json).
+    Read-only for the tests: copy it to add runs."""
+    root = tmp_path_factory.mktemp("patchnet_bundle") / "chestx_segx"
+    shutil.copytree(trained_chest_bundle, root)
+    run_workflow(chest_workflow(root, chest_dir, TRAIN_CLASSIFIER, **PATCHNET))
+    run_workflow(chest_workflow(root, chest_dir, CALIBRATE, **PATCHNET))
     return root

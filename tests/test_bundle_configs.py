@@ -24,6 +24,7 @@ from conftest import (
 from segx_monai.bundle.errors import root_cause
 from segx_monai.data import splits
 from segx_monai.data.synthetic_derm import generate_ham_like, plan_ham_like
+from segx_monai.explainers import default_target_layer
 from segx_monai.handlers.contract import Columns
 from segx_monai.handlers.segx import SegXMaps
 from segx_monai.handlers.writers import MaskWriter
@@ -84,6 +85,36 @@ def test_split_settings_have_one_source():
     for bundle in BUNDLES:
         for name in ("train_classifier.yaml", "train_segmenter.yaml"):
             assert not {"split_seed", "val_fraction", "test_fraction", "datalist"} & set(yaml.safe_load((BUNDLES[bundle] / name).read_text()))
+
+
+@pytest.mark.parametrize("bundle, layer", [("ham_segx", "features.denseblock2"), ("chestx_segx", "features.denseblock3")])
+def test_gradcam_explains_an_8x8_map_of_densenet121_at_the_default_image_size(bundle, layer):
+    """The default layer suits the default (the demo's) image_size, so the demo's runs, the standalone inference and
+    the MONAI Label app, none of which names a layer, read the review file the calibration wrote; DenseNet121's final
+    feature map would be 2x2 / 4x4 there, and stays the default of the other classifiers."""
+
+    def parsed(configs: list[str], **overrides) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES[bundle] / c) for c in configs])
+        parser.update(overrides)
+        return parser
+
+    calibrating, inferring = parsed(CALIBRATE), parsed(INFER)
+    assert inferring.get_parsed_content("review_settings")["gradcam_layer"] == layer
+    assert calibrating.get_parsed_content("review_settings") == inferring.get_parsed_content("review_settings")
+    assert parsed(INTERPRET).get_parsed_content("run_info#gradcam_layer") == layer  # run.json
+    explainer = inferring.get_parsed_content("explainer")
+    network, size = explainer.model.eval(), inferring.get_parsed_content("image_size")
+    image = torch.zeros(1, network.features.conv0.in_channels, size, size, device=next(network.parameters()).device)
+    assert tuple(explainer.layer_activations(image)[1].shape[2:]) == (8, 8)
+    assert explainer.target_layer is not default_target_layer(network)
+    final = parsed(INFER, gradcam_layer=None).get_parsed_content("explainer")
+    assert final.target_layer is default_target_layer(final.model)
+    assert tuple(final.layer_activations(image)[1].shape[2:]) == (size // 32, size // 32)
+    for name in ("resnet50", "efficientnet-b0", "patchnet"):
+        settings = parsed(CALIBRATE, classifier_name=name).get_parsed_content("review_settings")
+        assert settings["gradcam_layer"] is None, name
+        assert settings == parsed(INFER, classifier_name=name).get_parsed_content("review_settings")
 
 
 def _rows(path: Path) -> dict[str, dict]:

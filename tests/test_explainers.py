@@ -12,6 +12,7 @@ from torch import nn
 
 from segx_monai.explainers import (
     EXPLAINERS,
+    EigenCAM,
     GradCAM,
     GradCAMpp,
     GradientShap,
@@ -20,8 +21,10 @@ from segx_monai.explainers import (
     explain_positive_classes,
     get_explainer,
     load_baselines,
+    principal_projection,
     save_baselines,
 )
+from segx_monai.networks import PatchNet
 
 N_CLASSES = 3
 MODES = {2: "bilinear", 3: "trilinear"}
@@ -61,6 +64,11 @@ def make_net(dims: int = 2) -> TinyNet:
     return TinyNet(dims)
 
 
+def make_net_for(name: str) -> nn.Module:
+    """The tiny net an explainer takes: a 2x2 PatchNet of it for ``patch_logits``, which explains PatchNets only."""
+    return PatchNet(make_net(), grid=2) if name == "patch_logits" else make_net()
+
+
 def make_inputs(batch: int = 4, dims: int = 2, size: int = 16) -> torch.Tensor:
     return torch.randn(batch, 2, *[size] * dims, generator=torch.Generator().manual_seed(1))
 
@@ -70,9 +78,11 @@ def small_kwargs(name: str) -> dict:
     return {
         "gradcam": {"target_layer": "features.2"},
         "gradcampp": {"target_layer": "features.2"},
+        "eigencam": {"target_layer": "features.2"},
         "gradient_shap": {"baselines": make_inputs(5, size=16) * 0.5, "n_samples": 12, "chunk_size": 5},
         "integrated_gradients": {"n_steps": 12, "chunk_size": 5},
         "occlusion": {"window": 4, "stride": 4},
+        "patch_logits": {"shifts": 2},
     }[name]
 
 
@@ -124,7 +134,7 @@ def test_targets_none_int_and_tensor():
 
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 def test_batched_equals_single(name):
-    net, x = make_net(), make_inputs()
+    net, x = make_net_for(name), make_inputs()
     explainer = get_explainer(name, net, **small_kwargs(name))
     for targets in (None, torch.tensor([2, 0, 1, 1])):
         batched = explainer(x, targets)
@@ -162,10 +172,11 @@ def _assert_untouched(net: nn.Module, before: dict) -> None:
 
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 def test_model_and_input_left_untouched(name):
-    net, x = make_net(), make_inputs()
+    net, x = make_net_for(name), make_inputs()
+    tiny = getattr(net, "backbone", net)
     net.train()
-    net.features[1].eval()  # a frozen batch-norm inside a training model
-    net.head.bias.requires_grad_(False)
+    tiny.features[1].eval()  # a frozen batch-norm inside a training model
+    tiny.head.bias.requires_grad_(False)
     for p in net.parameters():
         if p.requires_grad:
             p.grad = torch.randn_like(p)
@@ -177,7 +188,7 @@ def test_model_and_input_left_untouched(name):
     _assert_untouched(net, before)
     assert torch.equal(x, x_before) and not x.requires_grad
 
-    net.fail = True
+    tiny.fail = True
     with pytest.raises(RuntimeError, match="boom"):
         explainer(x, 1)
     _assert_untouched(net, before)
@@ -187,7 +198,7 @@ def test_model_and_input_left_untouched(name):
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 @pytest.mark.parametrize("value", [0.0, 0.5])
 def test_constant_inputs_give_finite_maps(name, value):
-    net = make_net()
+    net = make_net_for(name)
     maps = get_explainer(name, net, **small_kwargs(name))(torch.full((2, 2, 16, 16), value))
     assert torch.isfinite(maps).all() and maps.amin() >= 0 and maps.amax() <= 1
 
@@ -212,6 +223,47 @@ def test_default_target_layer_monai_densenet_and_resnet():
         torch.testing.assert_close(maps, GradCAM(net, name)(x, torch.tensor([0, 2])))
     with pytest.raises(ValueError, match="target_layer"):
         default_target_layer(make_net())
+
+
+class LayerNet(nn.Module):
+    """Logits = channel means of the input, which passes through the layer ``act`` unchanged: its activations are the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x).flatten(2).mean(2)
+
+
+@pytest.mark.parametrize("direction, sign", [((1.0, 2.0, -1.0), 1.0), ((1.0, -2.0, -1.0), -1.0)])
+def test_eigencam_of_one_direction_by_hand(direction, sign):
+    """Activations c * d + offsets on a 4x4 map: the centred first component is d / |d|, the projection
+    |d| (c - mean c), with the sign of the channel sum's correlation with c (sum(d) > 0: +, < 0: -)."""
+    c = torch.arange(16.0).view(4, 4) ** 1.5
+    d = torch.tensor(direction)
+    activations = (d[:, None, None] * c + torch.tensor([0.5, -3.0, 7.0])[:, None, None])[None]
+    expected = sign * d.norm() * (c - c.mean())
+    torch.testing.assert_close(principal_projection(activations), expected[None, None], atol=1e-4, rtol=1e-5)
+    relu = expected.clamp(min=0)
+    torch.testing.assert_close(EigenCAM(LayerNet(), "act")(activations), ((relu - relu.min()) / (relu.max() - relu.min()))[None, None])
+
+
+def test_eigencam_equals_a_numpy_svd():
+    """A batch of random 4x4, 5-channel activations against numpy's SVD of each centred (16, 5) matrix."""
+    activations = torch.randn(3, 5, 4, 4, generator=torch.Generator().manual_seed(3))
+    expected = []
+    for a in activations.numpy().astype(np.float64):
+        positions = a.reshape(5, 16).T
+        centred = positions - positions.mean(axis=0)
+        projection = centred @ np.linalg.svd(centred)[2][0]
+        projection *= np.sign(np.corrcoef(projection, positions.sum(axis=1))[0, 1])
+        cam = np.maximum(projection, 0)
+        expected.append(((cam - cam.min()) / (cam.max() - cam.min())).reshape(1, 4, 4))
+    maps = EigenCAM(LayerNet(), "act")(activations, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(maps, torch.from_numpy(np.stack(expected)).float(), atol=1e-4, rtol=1e-4)  # float32 SVD
+    # class-agnostic: the targets are ignored
+    torch.testing.assert_close(EigenCAM(LayerNet(), "act")(activations, 4), maps)
 
 
 def test_gradcam_3d_densenet():
@@ -279,11 +331,11 @@ def test_explain_positive_classes_one_map_per_pair():
 
 
 def test_registry():
-    net = make_net()
     for name, cls in EXPLAINERS.items():
-        assert type(get_explainer(name, net, **small_kwargs(name))) is cls
+        assert type(get_explainer(name, make_net_for(name), **small_kwargs(name))) is cls
+    net = make_net()
     assert get_explainer("GradCAM", net, target_layer="features.2").target_layer is net.features[2]
-    with pytest.raises(ValueError, match="gradcam, gradcampp, gradient_shap, integrated_gradients, occlusion"):
+    with pytest.raises(ValueError, match="gradcam, gradcampp, eigencam, gradient_shap, integrated_gradients, occlusion, patch_logits"):
         get_explainer("lime", net)
 
 

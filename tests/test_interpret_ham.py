@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ham_workflow, run_workflow
-from segx_monai.handlers.review import BY_HAND
+from segx_monai.handlers.review import BY_HAND, NOT_TUNED
 from segx_monai.metrics.calibration import combined_score
 
 SCORE = "crelevance_mass"  # the bundles' certainty_score
@@ -51,9 +51,21 @@ def test_interpretation_writes_every_artefact(trained_ham_bundle, ham_dir, tmp_p
         checks = json.loads((out / "sanity.json").read_text())  # the sanity checks, on: in the report
         assert checks["n_pairs"] == 3 and len(checks["cascade"]) == len(checks["settings"]["layers"]) > 1
         assert len(checks["deletion"]["fractions"]) == 3 and "Sanity checks" in html
+        tuned = saved["localization"]["groups"]["lesion"]  # the lesion's map thresholds, tuned on the same fold
+        assert run["localization_thresholds"]["groups"]["lesion"] == tuned and summary["pointing"]["tuned"]
+        lesion = summary["pointing"]["findings"]["lesion"]
+        assert lesion["raw"]["threshold"] == tuned["threshold"]["raw"] and lesion["n_fn"] == 0
+        assert lesion["n_tp"] == sum(r["correct"] == "1" for r in rows) and lesion["n_fp"] == len(rows) - lesion["n_tp"]
+        for row in rows:  # every test image has a lesion: hit and IoU at the tuned thresholds
+            assert all(0 <= float(row[f"tuned_{m}_{v}"]) <= 1 for m in ("hit", "iou") for v in ("raw", "segx")), row
+        assert "<h2>cheXlocalize-style localisation</h2>" in html
     else:  # a threshold by hand, no fit; the sanity checks off (the tests' default): no sanity.json, no section
         assert threshold == 0.1 and calibration["source"] == BY_HAND and "combined" not in rows[0]
         assert not (out / "sanity.json").exists() and "Sanity checks" not in (out / "report.html").read_text()
+        pointing = json.loads((out / "summary.json").read_text())["pointing"]  # no review file: no map thresholds
+        assert run["localization_thresholds"]["source"] == NOT_TUNED and not pointing["tuned"]
+        assert NOT_TUNED in (out / "report.html").read_text() and all(r["tuned_iou_raw"] == "nan" for r in rows)
+        assert pointing["findings"]["all pairs"]["raw"]["hit_rate"]["mean"] is not None
     test_ids = [i["image_id"] for i in json.loads(next((trained_ham_bundle / "datalists").glob("*.json")).read_text())["test"]]
     assert [r["image_id"] for r in rows] == test_ids
     for row in rows:
@@ -64,6 +76,7 @@ def test_interpretation_writes_every_artefact(trained_ham_bundle, ham_dir, tmp_p
         assert raw.shape == (32, 32) and np.isfinite(raw).all() and raw.min() >= 0 and raw.max() <= 1
         assert (out / "maps" / f"{row['image_id']}_segx.png").is_file() and (out / "overlays" / f"{row['image_id']}.png").is_file()
     assert run["explainer"] == explainer and run["segx_variant"] == variant and run["n_samples"] == len(rows)
+    assert run.get("gradcam_layer") == (None if explainer == "gradient_shap" else "features.denseblock2")  # the DenseNet121 default
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
 

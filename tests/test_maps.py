@@ -42,6 +42,17 @@ def test_top_fraction_4x4():
     assert torch.equal(top_fraction_mask(RAMP, 0.25), block(slice(3, 4), slice(None)))
 
 
+def test_top_fraction_of_a_blocky_map_keeps_its_tied_top_block():
+    # 2x2 blocks of a 4x4 map (a PatchNet's): the top block is 25% of the image, so the 95% quantile is its value
+    # and nothing is strictly above it; the block itself is kept, not an empty mask
+    blocky = torch.tensor([[1.0, 3.0], [0.0, 2.0]]).repeat_interleave(2, dim=0).repeat_interleave(2, dim=1).view(1, 1, 4, 4)
+    assert per_sample_quantile(blocky, 0.95).item() == 3.0
+    assert torch.equal(top_fraction_mask(blocky, 0.05), block(slice(0, 2), slice(2, 4)))
+    # below the maximum, ties at the quantile are still left out: q = 0.3, quantile 0.7 = 2 (h = 10.5 between two 2s)
+    assert per_sample_quantile(blocky, 0.7).item() == 2.0
+    assert torch.equal(top_fraction_mask(blocky, 0.3), block(slice(0, 2), slice(2, 4)))
+
+
 def test_one_implementation_of_each_helper():
     segu, segx, base, writers, localization = map(import_module, (
         "segx_monai.core.segu", "segx_monai.core.segx", "segx_monai.explainers.base", "segx_monai.handlers.writers",

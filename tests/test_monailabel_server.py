@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
+from monai.bundle import ConfigParser
 from PIL import Image
 
-from conftest import CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, REPO, TINY, bundle_workflow, run_workflow
+from conftest import (CALIBRATE, CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, PATCHNET, REPO, TINY,
+                      bundle_workflow, run_workflow)
 
 sys.path.insert(0, str(REPO / "monailabel_app"))
 from local_server import ServerError, local_server  # noqa: E402
@@ -65,11 +68,17 @@ def served(tmp_path_factory, trained_ham_bundle, trained_chest_bundle, ham_dir, 
 
 
 @pytest.fixture(scope="module")
-def server(served, tmp_path_factory):
-    """The MONAI Label server on a free loopback port, started by scripts/monailabel.sh and always stopped."""
+def monailabel_python() -> Path:
+    """The python of MONAI Label's own environment, built by scripts/monailabel_env.sh when missing."""
     built = subprocess.run(["bash", str(REPO / "scripts" / "monailabel_env.sh")], capture_output=True, text=True, timeout=ENV_TIMEOUT)
     if built.returncode:
         pytest.fail(f"the MONAI Label environment could not be built:\n{built.stderr[-4000:]}")
+    return Path(built.stdout.strip().splitlines()[-1]) / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def server(served, monailabel_python, tmp_path_factory):
+    """The MONAI Label server on a free loopback port, started by scripts/monailabel.sh and always stopped."""
     options = []
     for name, root in served["roots"].items():
         overrides = {"bundle_root": str(root), "dataset_dir": str(served["datasets"][name]), "image_size": TINY_SETTINGS[name]["image_size"]}
@@ -117,6 +126,119 @@ def ground_truth(served, study: str) -> np.ndarray:
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+
+
+# run in MONAI Label's environment: each bundle's SegX task as the app builds it (which reads the review file), and what
+# it read, as JSON in argv[1]; argv[2]: the studies folder; argv[3]: the app's conf
+APP_SEGX_TASKS = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "monailabel_app")
+from main import BUNDLES_DIR
+from segx_tasks import Bundle, SegXTask
+conf, found = json.loads(sys.argv[3]), {}
+for name in ("ham_segx", "chestx_segx"):
+    task = SegXTask(Bundle.from_conf(name, BUNDLES_DIR, conf), Path(sys.argv[2]))
+    found[name] = {"review_settings": task.parser.get_parsed_content("review_settings"), "review_threshold": task.segu.review_threshold}
+Path(sys.argv[1]).write_text(json.dumps(found))
+"""
+
+
+def test_the_app_reads_the_review_file_of_a_calibration_with_the_bundles_defaults(monailabel_python, trained_ham_bundle, trained_chest_bundle, ham_dir, chest_dir, tmp_path):
+    """The SegX task, given only the bundle root, data and image size, explains with the calibrating workflow's settings
+    (Grad-CAM's default layer among them), so it accepts the review file; no server needed."""
+    roots = {"ham_segx": trained_ham_bundle, "chestx_segx": trained_chest_bundle}
+    datasets = {"ham_segx": ham_dir, "chestx_segx": chest_dir}
+    overrides = {name: {"bundle_root": str(roots[name]), "dataset_dir": str(datasets[name]), "image_size": TINY_SETTINGS[name]["image_size"]} for name in CONFIGS}
+    conf = {f"{name}_overrides": json.dumps(overrides[name]) for name in CONFIGS}
+    out = tmp_path / "app.json"
+    done = subprocess.run([str(monailabel_python), "-c", APP_SEGX_TASKS, str(out), str(tmp_path), json.dumps(conf)], cwd=REPO,
+                          capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    app = json.loads(out.read_text())
+    for name, layer in (("ham_segx", "features.denseblock2"), ("chestx_segx", "features.denseblock3")):
+        calibrating = ConfigParser()  # the fixture's calibrating workflow (conftest), with the tiny settings
+        calibrating.read_config([str(CONFIGS[name] / c) for c in CALIBRATE])
+        calibrating.update({**TINY_SETTINGS[name], **overrides[name]})
+        assert app[name]["review_settings"] == json.loads(json.dumps(calibrating.get_parsed_content("review_settings")))
+        assert app[name]["review_settings"]["gradcam_layer"] == layer
+        calibrated = json.loads((roots[name] / "models" / "review_gradcam.json").read_text())
+        assert app[name]["review_threshold"] == calibrated["scores"][calibrating.get_parsed_content("certainty_score")]["threshold"]
+
+
+
+# run in MONAI Label's environment: the app's chest X-ray tasks as it builds them with argv[3], its conf; the SegX task
+# run on the studies argv[4:] of the datastore argv[2]; to the folder argv[1]: the served weights and what the
+# segmenter's training would overwrite (app.pt; the weights as served, loaded when a study is evaluated), each study's
+# raw map before SegX (maps.pt), result and label (results.json)
+APP_PATCHNET = """
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+sys.path.insert(0, "monailabel_app")
+from main import BUNDLES_DIR
+from segx_tasks import Bundle, RegionTask, SegmenterTrainTask, SegXTask
+from segx_monai.handlers.contract import OutputKeys
+out, studies, conf = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+bundle = Bundle.from_conf("chestx_segx", BUNDLES_DIR, conf)
+RegionTask(bundle, studies)
+task = SegXTask(bundle, studies)
+maps, results = {}, {}
+for study in sys.argv[4:]:
+    label, result = task({"image": study, "device": "cpu"})
+    maps[study] = task.evaluator.state.output[0][OutputKeys.MAP].float().cpu()
+    results[study] = {"result": result, "label_shape": list(np.asarray(Image.open(label)).shape), "label_values": np.unique(np.asarray(Image.open(label))).tolist()}
+torch.save(maps, out / "maps.pt")
+torch.save({"weights": task.evaluator.network.state_dict(), "path": task.get_path(), "review_file": task.parser.get_parsed_content("review_file"),
+            "description": task.description, "segmenter_checkpoint": str(SegmenterTrainTask(bundle, conf).checkpoint)}, out / "app.pt")
+(out / "results.json").write_text(json.dumps(results))
+"""
+
+
+def test_the_app_serves_a_patchnet_with_its_own_weights_maps_and_review_file(monailabel_python, trained_patchnet_chest_bundle, chest_dir, tmp_path):
+    """With PatchNet overrides the SegX task loads models/patchnet/model.pt (not DenseNet121's models/model.pt),
+    explains by the blocky patch logits (one value per 32 px patch before SegX) and flags review by the PatchNet's own
+    calibrated threshold; the segmenter's training still writes the segmenter; no server needed."""
+    root, models = trained_patchnet_chest_bundle, trained_patchnet_chest_bundle / "models" / "patchnet"
+    overrides = {"bundle_root": str(root), "dataset_dir": str(chest_dir), "image_size": CHEST_TINY["image_size"], **PATCHNET}
+    parser = ConfigParser()
+    parser.read_config(str(CHEST_CONFIGS / "inference.yaml"))
+    parser.update(overrides)
+    studies = parser.get_parsed_content("input")[:4]  # test-fold images of the datastore, the dataset folder
+    done = subprocess.run([str(monailabel_python), "-c", APP_PATCHNET, str(tmp_path), str(chest_dir),
+                           json.dumps({"chestx_segx_overrides": json.dumps(overrides)}), *studies],
+                          cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    app = torch.load(tmp_path / "app.pt", weights_only=True)
+    assert Path(app["path"]) == models / "model.pt" and Path(app["review_file"]) == models / "review_patch_logits_raw.json"
+    assert Path(app["segmenter_checkpoint"]) == root / "models" / "segmenter.pt"
+    assert "by patchnet with SegX map of patch_logits_raw" in app["description"]
+    saved = torch.load(models / "model.pt", weights_only=True)
+    assert set(app["weights"]) == set(saved) and all(key.startswith("backbone.") for key in saved)
+    assert all(torch.equal(app["weights"][key], saved[key]) for key in saved)
+    calibrated = json.loads((models / "review_patch_logits_raw.json").read_text())
+    thresholds = json.loads((models / "thresholds.json").read_text())["thresholds"]
+    maps, results, explained = torch.load(tmp_path / "maps.pt", weights_only=True), json.loads((tmp_path / "results.json").read_text()), 0
+    for study in studies:
+        result = results[study]["result"]
+        assert result["classifier_name"] == "patchnet" and result["explainer_label"] == "patch_logits_raw"
+        assert result["review_threshold"] == calibrated["scores"][result["certainty_score"]]["threshold"]
+        assert result["thresholds"] == pytest.approx(thresholds)
+        assert result["prediction"] == [f for f, p in result["probabilities"].items() if p >= thresholds[f]]
+        for scores in result["segu"]:
+            assert scores["review"] == (scores[result["certainty_score"]] < result["review_threshold"])
+        assert result["review"] == any(s["review"] for s in result["segu"])
+        assert results[study]["label_shape"] == list(np.asarray(Image.open(study)).shape[:2])
+        assert set(results[study]["label_values"]) <= {0, 1}
+        study_maps = maps[study]  # (explained findings, 1, 64, 64), min-max normalised
+        assert study_maps.shape == (len(result["segu"]), 1, CHEST_TINY["image_size"], CHEST_TINY["image_size"])
+        grid, patch = PATCHNET["patch_grid"], CHEST_TINY["image_size"] // PATCHNET["patch_grid"]
+        patches = study_maps.unflatten(2, (grid, patch)).unflatten(4, (grid, patch))  # (P, 1, row, y, column, x)
+        assert torch.equal(patches.amax(dim=(3, 5)), patches.amin(dim=(3, 5)))  # one value per patch
+        assert all(m.amax() > m.amin() for m in study_maps)  # and the patches differ
+        explained += len(result["segu"])
+    assert explained > 0
 
 
 def test_info_lists_both_bundles_tasks(server):

@@ -15,6 +15,7 @@ from segx_monai.handlers.contract import CERTAINTY_SCORES
 from segx_monai.handlers.sanity import SanityChecks
 from segx_monai.handlers.segx import ExplainPredictions, SegUScores, SegXMaps
 from segx_monai.metrics.sanity import cascade_layers, deletion_insertion, map_ssim, randomized_cascade, spearman_correlation
+from segx_monai.networks.patchnet import PatchNet
 from segx_monai.report.sanity import sanity_section
 
 SIZE = 16  # SSIM's 11-pixel window needs at least this much
@@ -83,6 +84,8 @@ def test_cascade_layers_of_the_bundles_classifiers():
         "features.transition2", "features.denseblock2", "features.transition1", "features.denseblock1", "features.norm0",
         "features.conv0",
     ]
+    # a PatchNet is looked through: its backbone's blocks, not one `backbone` block
+    assert cascade_layers(PatchNet(dense, grid=2)) == [f"backbone.{name}" for name in cascade_layers(dense)]
     layers = cascade_layers(resnet50(spatial_dims=2, n_input_channels=3, num_classes=2))
     assert layers[:3] == ["fc", "layer4.2", "layer4.1"] and layers[-3:] == ["layer1.0", "bn1", "conv1"] and len(layers) == 19
 

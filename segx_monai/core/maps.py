@@ -70,7 +70,13 @@ def top_fraction_mask(maps: torch.Tensor, q: float = 0.05) -> torch.Tensor:
     """Boolean mask of each sample's most relevant pixels, ``1[E > quantile(E, 1 - q)]`` (see ``per_sample_quantile``).
 
     The comparison is strict, so tied values at the quantile are left out: a constant or all-zero map, which
-    says nothing about location, gives an empty mask.
+    says nothing about location, gives an empty mask. One exception: when the quantile is the map's maximum (the top
+    q lies inside one tied value, as in a blocky PatchNet map whose top patch covers more than q) the pixels of that
+    value are kept, more than q of the image, rather than none.
     """
     check_fraction(q)
-    return maps > per_sample(per_sample_quantile(maps, 1 - q), maps)
+    threshold = per_sample(per_sample_quantile(maps, 1 - q), maps)
+    strict = maps > threshold
+    values = maps.flatten(1)
+    tied_top = ~strict.flatten(1).any(dim=1) & (values.amax(dim=1) > values.amin(dim=1))
+    return strict | (per_sample(tied_top, maps) & (maps >= threshold))

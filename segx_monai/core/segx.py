@@ -93,6 +93,8 @@ def segx(
     heatmap = maps * (seg_probs if soft_mask else mask).to(maps.dtype)
     raw_top = top_fraction_mask(maps, q)
     binary = top_fraction_mask(heatmap, q) if variant == "rethreshold" else raw_top & mask
+    values = maps.flatten(1)  # a constant raw map says nothing about location: no binary map, even inside M
+    binary &= per_sample(values.amax(dim=1) > values.amin(dim=1), binary)
     empty_mask = ~mask.flatten(1).any(dim=1)
     use_raw = per_sample(empty_mask, maps)
     return SegXResult(

@@ -13,24 +13,30 @@ from .attribution import (
     save_baselines,
 )
 from .base import Explainer, InputAttributionExplainer, explain_positive_classes
-from .cam import CAM, GradCAM, GradCAMpp, default_target_layer
+from .cam import CAM, EigenCAM, GradCAM, GradCAMpp, GradientCAM, default_target_layer, principal_projection
+from .patch import PatchLogits, paint_patches
 from .registry import EXPLAINERS, explainer_class, get_explainer
 
 __all__ = [
     "CAM",
     "EXPLAINERS",
+    "EigenCAM",
     "Explainer",
     "GradCAM",
     "GradCAMpp",
+    "GradientCAM",
     "GradientShap",
     "InputAttributionExplainer",
     "IntegratedGradients",
     "Occlusion",
+    "PatchLogits",
     "build_baselines",
     "default_target_layer",
     "explain_positive_classes",
     "explainer_class",
     "get_explainer",
     "load_baselines",
+    "paint_patches",
+    "principal_projection",
     "save_baselines",
 ]

@@ -8,14 +8,17 @@ from torch import nn
 
 from .attribution import GradientShap, IntegratedGradients, Occlusion
 from .base import Explainer
-from .cam import GradCAM, GradCAMpp
+from .cam import EigenCAM, GradCAM, GradCAMpp
+from .patch import PatchLogits
 
 EXPLAINERS: dict[str, type[Explainer]] = {
     "gradcam": GradCAM,
     "gradcampp": GradCAMpp,
+    "eigencam": EigenCAM,
     "gradient_shap": GradientShap,
     "integrated_gradients": IntegratedGradients,
     "occlusion": Occlusion,
+    "patch_logits": PatchLogits,
 }
 
 

@@ -73,6 +73,10 @@ MAP_VARIANTS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP}  # the maps 
 # place of the map's own top q and maximum; a map without one (raw) is scored by its own
 DECLARED_SETS = {"segx": OutputKeys.SEGX_BINARY}
 SET_METRICS = ("iou_at_q", "hit")
+# cheXlocalize-style localisation (segx_monai.handlers.pointing), columns <TUNED_PREFIX><metric>_<raw|segx>: the pointing
+# game, and the IoU of the map min-max normalised and thresholded at its finding's threshold tuned on the validation fold
+TUNED_METRICS = ("hit", "iou")
+TUNED_PREFIX = "tuned_"
 SAVED_MAPS = {"raw": OutputKeys.MAP, "segx": OutputKeys.SEGX_MAP, "segx_binary": OutputKeys.SEGX_BINARY}  # see map_stem
 
 

@@ -41,6 +41,15 @@ from segx_monai.metrics.localization import (
 )
 
 
+def pair_masks(batch_item: dict, item: dict, gt_key: str, per_class: bool = False) -> torch.Tensor:
+    """The ground truth of each of an output item's explained pairs, ``(P, 1, *spatial)``: the batch item's
+    ``gt_key`` ``(1, *spatial)`` repeated, or with ``per_class`` the explained class's channel of ``(K, *spatial)``."""
+    gt = torch.as_tensor(batch_item[gt_key]).to(item[OutputKeys.MAP].device)
+    if per_class:
+        return gt[item[OutputKeys.EXPLAINED_CLASSES]].unsqueeze(1)
+    return gt[None].expand(item[OutputKeys.MAP].shape[0], *gt.shape)
+
+
 class LocalizationHandler(IgniteMetricHandler):
     """One localisation metric over an epoch; subclasses name the metric, its own options (``q``, ``n_thresholds``)
     pass through as keyword arguments."""
@@ -121,17 +130,11 @@ class LocalizationScores(IterationHandler):
         for metric in (*self.metrics.values(), *self.curves.values()):
             metric.reset()
 
-    def _ground_truth(self, batch_item: dict, item: dict) -> torch.Tensor:
-        gt = torch.as_tensor(batch_item[self.gt_key]).to(item[OutputKeys.MAP].device)
-        if self.per_class:
-            return gt[item[OutputKeys.EXPLAINED_CLASSES]].unsqueeze(1)
-        return gt[None].expand(item[OutputKeys.MAP].shape[0], *gt.shape)
-
     def __call__(self, engine: Engine) -> None:
         pairs = [(b, item) for b, item in self.items(engine) if item[OutputKeys.MAP].shape[0] and self.gt_key in b]
         if not pairs:
             return
-        gt = torch.cat([self._ground_truth(b, item) for b, item in pairs]) > 0
+        gt = torch.cat([pair_masks(b, item, self.gt_key, self.per_class) for b, item in pairs]) > 0
         rows = [row for _, item in pairs for row in item_rows(item)]
         for variant, key in MAP_VARIANTS.items():
             maps = torch.cat([item[key] for _, item in pairs])

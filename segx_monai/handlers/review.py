@@ -1,4 +1,5 @@
-"""The review threshold calibrated on the validation fold and saved beside the weights (``review_<explainer>.json``):
+"""The review threshold calibrated on the validation fold and saved beside the weights (``review_<explainer>.json``),
+with the map thresholds of the cheXlocalize-style localisation tuned on the same fold (``segx_monai.handlers.pointing``):
 written by :class:`ReviewCalibrationSaver` (the ``calibrating`` workflow), read by :class:`ReviewCalibration`."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from ignite.engine import Engine, Events
@@ -19,10 +21,14 @@ from segx_monai.metrics.calibration import (
 )
 from segx_monai.utils.staging import write_text_atomic
 
+if TYPE_CHECKING:
+    from segx_monai.handlers.pointing import LocalizationThresholdTuner
+
 CALIBRATE_COMMAND = ("python -m monai.bundle run calibrating --config_file "
                      "\"['configs/inference.yaml','configs/interpret.yaml','configs/calibrate.yaml']\"")
 CALIBRATED_SCORES = (Columns.CONFIDENCE, *CERTAINTY_SCORES)  # the scores given a threshold: the baseline and SegU's
 BY_HAND = "set by hand (--review_threshold)"
+NOT_TUNED = "not tuned: run calibrating"  # no localisation thresholds apply to the run
 
 
 def _finite(values: list[float]) -> list[float | None]:
@@ -58,11 +64,14 @@ def review_calibration(rows: list[dict], goal: str, target: float, settings: Map
 
 class ReviewCalibrationSaver:
     """On the calibration evaluator (validation fold): collects every row, and when the run completes writes
-    :func:`review_calibration` of them atomically to ``path``. ``goal`` and ``target`` are checked at once."""
+    :func:`review_calibration` of them atomically to ``path``, with the ``localization`` entry of the tuner
+    ``localization`` (attached to the same evaluator) when given. ``goal`` and ``target`` are checked at once."""
 
-    def __init__(self, path: str | Path, goal: str, target: float, settings: Mapping) -> None:
+    def __init__(self, path: str | Path, goal: str, target: float, settings: Mapping,
+                 localization: LocalizationThresholdTuner | None = None) -> None:
         check_review_goal(goal, target)
         self.path, self.goal, self.target, self.settings = Path(path), goal, target, settings
+        self.localization = localization
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -75,6 +84,8 @@ class ReviewCalibrationSaver:
 
     def save(self, engine: Engine) -> None:
         content = review_calibration(self.rows, self.goal, self.target, self.settings)
+        if self.localization is not None:
+            content["localization"] = self.localization.result()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(content, indent=1, allow_nan=False))
 
@@ -95,10 +106,13 @@ class ReviewCalibration:
             )
         return json.loads(self.path.read_text())
 
-    def mismatch(self, content: Mapping) -> str | None:
-        """Why ``content`` does not apply to this run (the first setting that differs), or None."""
+    def mismatch(self, content: Mapping, review: bool = True) -> str | None:
+        """Why ``content`` does not apply to this run (the first setting that differs), or None; without ``review``
+        the review goal and target are not compared (the maps do not depend on them)."""
         saved = {"goal": content.get("goal"), "target": content.get("target"), **content.get("settings", {})}
         for key, value in self.expected.items():
+            if not review and key in ("goal", "target"):
+                continue
             if saved.get(key) != value:
                 name = f"review_{key}" if key in ("goal", "target") else key
                 return (f"{self.path}: calibrated with {name} {saved.get(key)!r}, but this run has {name} {value!r}; "
@@ -139,3 +153,25 @@ class ReviewCalibration:
         return {"source": str(self.path), **{key: content[key] for key in ("goal", "target", "fold", "n_cases", "n_errors")},
                 "score": score, **content["scores"][score],
                 "combined": "fitted" if fit.get("fitted") else fit.get("reason", "no fit stored")}
+
+    def _localization(self) -> tuple[dict | None, str]:
+        """The file's ``localization`` entry when it applies to this run's maps, else None and why."""
+        if not self.path.is_file():
+            return None, f"no review file {self.path}"
+        content = self._load()
+        reason = self.mismatch(content, review=False)
+        if reason is None and "localization" not in content:
+            reason = f"{self.path} holds no localisation thresholds (calibrated without a LocalizationThresholdTuner)"
+        return (None, reason) if reason else (content["localization"], "")
+
+    def localization_thresholds(self) -> dict[str, dict[str, float | None]] | None:
+        """The map thresholds tuned per group on the validation fold, ``{group: {"raw": t, "segx": t}}`` (None for a
+        group without a true-positive pair), when the file applies to this run's maps; else None: not tuned."""
+        entry, _ = self._localization()
+        return None if entry is None else {group: tuned["threshold"] for group, tuned in entry["groups"].items()}
+
+    def localization_record(self) -> dict:
+        """Where the run's localisation thresholds came from, for ``run.json``: the file and its validation entry, or
+        :data:`NOT_TUNED` and why."""
+        entry, reason = self._localization()
+        return {"source": NOT_TUNED, "reason": reason} if entry is None else {"source": str(self.path), **entry}

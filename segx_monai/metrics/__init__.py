@@ -20,6 +20,7 @@ from segx_monai.metrics.localization import (
     compute_iou_at_q,
     compute_relevance_mass,
 )
+from segx_monai.metrics.pointing import chexlocalize_summary, localize, threshold_maps, tune_localization_threshold
 
 __all__ = [
     "classification",
@@ -35,6 +36,10 @@ __all__ = [
     "compute_hit",
     "compute_iou_at_q",
     "compute_relevance_mass",
+    "chexlocalize_summary",
+    "localize",
+    "threshold_maps",
+    "tune_localization_threshold",
     "correctness_auroc",
     "mean_by_correctness",
     "risk_coverage_curve",

@@ -144,6 +144,7 @@ def cascade_layers(network: nn.Module) -> list[str]:
     reverse order of registration (MONAI's networks register their modules in forward order). MONAI's DenseNet121:
     ``class_layers.out``, ``features.norm5``, ``features.denseblock4``, ``features.transition3``, ...,
     ``features.norm0``, ``features.conv0``; its ResNet-50: ``fc``, ``layer4.2``, ..., ``layer1.0``, ``bn1``, ``conv1``.
+    A module that only wraps one network, like a PatchNet, is looked through: ``backbone.class_layers.out``, ...
     """
 
     def blocks(module: nn.Module, prefix: str) -> Iterator[str]:
@@ -153,7 +154,13 @@ def cascade_layers(network: nn.Module) -> list[str]:
             elif next(child.parameters(), None) is not None:
                 yield f"{prefix}{name}"
 
-    names = list(blocks(network, ""))
+    root, prefix = network, ""
+    while not list(root.parameters(recurse=False)):  # a wrapper of one network (PatchNet's backbone): its blocks
+        wrapped = [(name, child) for name, child in root.named_children() if next(child.parameters(), None) is not None]
+        if len(wrapped) != 1:
+            break
+        prefix, root = f"{prefix}{wrapped[0][0]}.", wrapped[0][1]
+    names = list(blocks(root, prefix))
     if not names:
         raise ValueError(f"{type(network).__name__} has no parameterised child module to re-initialise.")
     return names[::-1]

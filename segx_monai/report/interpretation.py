@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,18 @@ import torch
 
 from segx_monai.handlers import contract
 from segx_monai.handlers.contract import Columns, CurveFields, curve_field, localization_column, pair_stem
+from segx_monai.handlers.review import NOT_TUNED
 from segx_monai.handlers.savers import PANELS, display_percentile
 from segx_monai.metrics.certainty import correctness_auroc, mean_by_correctness, risk_coverage_curve
+from segx_monai.metrics.pointing import chexlocalize_summary
 from segx_monai.report import render
 from segx_monai.report.render import fmt, fmt_estimate
 from segx_monai.report.sanity import sanity_section
 
 LOCALIZATION_METRICS = dict(zip(contract.LOCALIZATION_METRICS, ("IoU@q", "AUITC", "Hit rate", "Relevance mass")))
 ESTIMATES = ("raw", "segx", "difference")  # per localisation metric: the means and their paired difference
+POINTING_METRICS = {"hit_rate": "Hit rate", "miou_all": "mIoU (TP+FP+FN)", "miou_tp": "mIoU (TP)"}  # chexlocalize_summary's
+SINGLE_GROUP = "all pairs"  # the pointing table's one group of a single-label run that has no tuned thresholds
 CERTAINTY_SCORES = contract.CERTAINTY_SCORE_NAMES
 BASELINE_SCORES = dict(zip(contract.CONFIDENCE_SCORES, ("Confidence", "Negative entropy"), strict=True))
 NEGATED_SCORES = {Columns.ENTROPY}  # lower means more certain: negated, so that every score ranks certain cases first
@@ -56,7 +61,10 @@ GALLERY = {  # section -> (heading, how its cases are chosen)
     "uncertain": ("Most uncertain", "lowest SegU cIoU: the explanation lies mostly outside the segmented region"),
 }
 GALLERY_PANEL_WIDTH = 224  # pixels: overlay strips are enlarged so that each panel is at least this wide
-EXPLAINER_SETTINGS = {"shap_samples": ("gradient_shap",), "gradcam_layer": ("gradcam", "gradcampp")}  # run settings only these explainers read
+EXPLAINER_SETTINGS = {  # run settings only these explainers read
+    "shap_samples": ("gradient_shap",), "gradcam_layer": ("gradcam", "gradcampp", "eigencam"),
+    "patch_map": ("patch_logits",), "patch_shifts": ("patch_logits",),
+}
 EXPLAIN = {
     "settings": "How the explanations were made: the explainer, how the map was restricted to the segmented region "
     "(SegX variant), the top fraction q of the map kept, the probability above which a pixel counts as clinical "
@@ -88,6 +96,16 @@ EXPLAIN = {
     "cases; a curve above the dashed line means the score puts correct predictions first.",
     "histogram_plot": "The score of correct and incorrect predictions; the less the two overlap, the better the score "
     "tells them apart.",
+    "pointing": "cheXlocalize-style localisation: each map is scaled to [0, 1] per image (a scaled PatchNet map to "
+    "[0, the prediction's probability]) and cut at a threshold "
+    "chosen per finding and map on the validation fold (the best mean IoU over its true positives), never on these "
+    "test cases, then compared with the finding's expert outline. Hit rate: share of the true positives (TP) whose "
+    "map peaks inside the outline (pointing game). mIoU (TP+FP+FN): mean overlap over the true positives, the false "
+    "positives (FP: a predicted finding that is absent) and the false negatives (FN: a present finding that was not "
+    "predicted, so not explained), FP and FN counting 0; mIoU (TP): over the true positives only. Single-label "
+    "(one region, such as the lesion, for every class): a correct prediction is a TP, a wrong one an FP (its class is "
+    "absent, whatever the map shows), and there is no FN (the wrong prediction already counts the error once). Pooled: "
+    "all pairs of the findings with a threshold. Brackets hold 95% bootstrap intervals over the TP, FP and FN pairs.",
     "gallery": f"Each strip shows, left to right and labelled above ({', '.join(PANELS)}), the image, the raw "
     "explanation, the predicted clinical region (green) and the SegX explanation (white outline: its binary map). Raw "
     "and SegX are drawn on one colour scale topped by the raw map, so a SegX map that kept little of the raw "
@@ -304,6 +322,114 @@ def _review_section(review: dict) -> str:
             ["Error rate among flagged", counts(test["errors_flagged"], test["n_flagged"], test["flagged_error"])]]
     return ("<h2>Review threshold</h2>" + render.paragraph(text)
             + render.table(["On the test fold", "Value"], rows, EXPLAIN["review"]) + render.figure_row(figures, notes=notes))
+
+
+def _findings(cell: str) -> set[str]:
+    """The findings of a ``;``-separated cell."""
+    return set(filter(None, cell.split(";")))
+
+
+def _missed_findings(samples: dict[str, np.ndarray]) -> Counter:
+    """Multi-label: per finding, the images labelled with it whose prediction missed it (false negatives, never
+    explained), from each image's ``label`` and ``predicted_findings``; single-label: none."""
+    if Columns.FINDING not in samples:
+        return Counter()
+    n = len(samples[Columns.IMAGE_ID])
+    labels, predicted = (samples.get(name, np.full(n, "")) for name in (Columns.LABEL, Columns.PREDICTED_FINDINGS))
+    missed = Counter()
+    for row in np.unique(samples[Columns.IMAGE_ID], return_index=True)[1]:
+        missed.update(_findings(labels[row]) - _findings(predicted[row]))
+    return missed
+
+
+def _pointing_estimates(iou: np.ndarray, hit: np.ndarray, n_fp: int, n_fn: int, n_bootstrap: int, seed: int) -> dict:
+    """``chexlocalize_summary`` of the raw and the SegX map (``(n_tp, 2)`` IoU and hit of the true positives) and
+    their difference, each with an interval over bootstrap resamples of the TP + FP + FN pairs, paired across maps."""
+    n_tp, n = len(iou), len(iou) + n_fp + n_fn
+    point = [chexlocalize_summary(iou[:, v], hit[:, v], n_fp, n_fn) for v in range(2)]
+    resampled = np.full((n_bootstrap, len(POINTING_METRICS), 2), math.nan)
+    for b, counts in enumerate(_bootstrap_counts(n, n_bootstrap, seed) if n else []):
+        drawn = np.repeat(np.arange(n), counts)
+        tp, n_fp_drawn = drawn[drawn < n_tp], int(((drawn >= n_tp) & (drawn < n_tp + n_fp)).sum())
+        for v in range(2):
+            drawn_summary = chexlocalize_summary(iou[tp, v], hit[tp, v], n_fp_drawn, int((drawn >= n_tp + n_fp).sum()))
+            resampled[b, :, v] = [drawn_summary[key] for key in POINTING_METRICS]
+    estimates = {estimate: {} for estimate in ESTIMATES}
+    for m, key in enumerate(POINTING_METRICS):
+        means = [point[0][key], point[1][key], point[1][key] - point[0][key]]
+        cis = _intervals(np.stack([resampled[:, m, 0], resampled[:, m, 1], resampled[:, m, 1] - resampled[:, m, 0]], axis=1))
+        for estimate, mean, ci in zip(ESTIMATES, means, cis):
+            estimates[estimate][key] = {"mean": mean, "ci": ci}
+    return estimates
+
+
+def _pointing(samples: dict[str, np.ndarray], record: dict | None, n_bootstrap: int, seed: int) -> dict:
+    """The cheXlocalize-style table (``segx_monai.handlers.pointing``): per finding and pooled, the tuned thresholds
+    (``run.json``'s ``localization_thresholds``) and ``_pointing_estimates`` of the rows' ``tuned_*`` columns. TP: a
+    row whose prediction is correct and whose hit is defined (non-empty ground truth); FP: a wrong one that was
+    scored, its IoU taken as 0 (counted only where its finding has a threshold: unscored, an absent finding's pair
+    leaves no trace); FN: ``_missed_findings``."""
+    record = record or {"source": NOT_TUNED, "reason": "run.json has no localization_thresholds"}
+    tuned_groups = record.get("groups", {})
+    n = len(samples[Columns.IMAGE_ID])
+    if Columns.FINDING in samples:
+        finding = samples[Columns.FINDING]
+        names = list(dict.fromkeys([*tuned_groups, *sorted(set(finding.tolist()) - {""}), *sorted(_missed_findings(samples))]))
+    else:
+        names = list(tuned_groups) if len(tuned_groups) == 1 else [SINGLE_GROUP]
+        finding = np.full(n, names[0])
+    column = lambda metric: np.stack([_column(samples, localization_column(metric, v, contract.TUNED_PREFIX))  # noqa: E731
+                                      for v in contract.MAP_VARIANTS], axis=1)
+    iou, hit, correct, missed = column("iou"), column("hit"), _column(samples, Columns.CORRECT), _missed_findings(samples)
+    scored = np.isfinite(hit).any(axis=1) | np.isfinite(iou).any(axis=1)
+    pairs, findings = {}, {}
+    for name in names:
+        tuned = tuned_groups.get(name, {})
+        thresholds = tuned.get("threshold") or {}
+        has_threshold = bool(thresholds) and None not in thresholds.values()
+        tp = (finding == name) & (correct == 1) & np.isfinite(hit).all(axis=1)
+        n_fp = int(((finding == name) & (correct == 0) & scored).sum()) if has_threshold else 0
+        pairs[name] = (iou[tp], hit[tp], n_fp, missed[name] if has_threshold else 0, has_threshold)  # without: TP only
+        estimates = _pointing_estimates(*pairs[name][:4], n_bootstrap, seed)
+        for variant in contract.MAP_VARIANTS:
+            estimates[variant] = {"threshold": thresholds.get(variant),
+                                  "validation_miou": (tuned.get("validation_miou") or {}).get(variant), **estimates[variant]}
+        findings[name] = {"n_tp": int(tp.sum()), "n_fp": n_fp if has_threshold else None, "n_fn": missed[name],
+                          "n_validation": tuned.get("n_pairs"), **estimates}
+        if not has_threshold:
+            findings[name]["note"] = f"{name}: no threshold, mIoU n/a: {tuned.get('reason') or record.get('reason') or NOT_TUNED}."
+    pooled = [name for name in names if pairs[name][4]] or names  # without any threshold: the hit rate of every pair
+    iou_tp, hit_tp = (np.concatenate([np.empty((0, 2)), *(pairs[name][k] for name in pooled)]) for k in (0, 1))
+    n_fp, n_fn = (sum(pairs[name][k] for name in pooled) for k in (2, 3))
+    n_missed = sum(missed[name] for name in pooled)
+    return {"tuned": bool(tuned_groups), **{key: record[key] for key in ("source", "reason") if key in record},
+            "findings": findings,
+            "pooled": {"findings": pooled, "n_tp": len(iou_tp), "n_fp": n_fp if tuned_groups else None, "n_fn": n_missed,
+                       **_pointing_estimates(iou_tp, hit_tp, n_fp, n_fn, n_bootstrap, seed)}}
+
+
+def _pointing_section(pointing: dict) -> str:
+    """The "cheXlocalize-style localisation" table: per finding and pooled, raw, SegX and their difference."""
+    rows = []
+    for name, group in [*pointing["findings"].items(), ("Pooled", pointing["pooled"])]:
+        counts = " / ".join(fmt(group[key]) for key in ("n_tp", "n_fp", "n_fn"))
+        for variant, label in zip(ESTIMATES, ("raw", "SegX", "SegX − raw")):
+            entry = group[variant]
+            if variant == "difference":
+                threshold = ""
+            elif name == "Pooled":
+                threshold = "per finding" if len(pointing["findings"]) > 1 else "as above"
+            elif not pointing["tuned"]:
+                threshold = NOT_TUNED
+            else:
+                threshold = f"{fmt(entry['threshold'])} (validation mIoU {fmt(entry['validation_miou'])}, n {fmt(group['n_validation'])})"
+            rows.append([name, label, threshold, counts,
+                         *(fmt_estimate(entry[key]["mean"], entry[key]["ci"]) for key in POINTING_METRICS)])
+    notes = [f"{NOT_TUNED}: {pointing.get('reason', '')}."] if not pointing["tuned"] else []
+    notes += [group["note"] for group in pointing["findings"].values() if "note" in group and pointing["tuned"]]
+    return "<h2>cheXlocalize-style localisation</h2>" + render.table(
+        ["Finding", "Map", "Threshold (validation mIoU, n TP)", "n TP / FP / FN", *(f"{name} [95% CI]" for name in POINTING_METRICS.values())],
+        rows, EXPLAIN["pointing"], notes)
 
 
 def _regions_larger_than_q(samples: dict[str, np.ndarray], q: float | None) -> dict:
@@ -561,6 +687,7 @@ def build_report(
         "review_threshold": _review_threshold(samples, settings),
         "auitc_curves": {"n": curves.get(CurveFields.COUNT), **_curve_areas(curves)},
         "gallery": {section: samples[Columns.IMAGE_ID][rows].tolist() for section, rows in selected.items()},
+        "pointing": _pointing(samples, settings.get("localization_thresholds"), n_bootstrap, seed),
     }
     if Columns.FINDING in samples:
         subsets = {
@@ -573,13 +700,14 @@ def build_report(
         }
     (folder / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
 
-    shown = {key: value.get("source") if key == "review_calibration" and isinstance(value, dict) else value
+    shown = {key: value.get("source") if key in ("review_calibration", "localization_thresholds") and isinstance(value, dict) else value
              for key, value in settings.items()}  # the calibration's curve is drawn in its own section
     body = "<h2>Settings</h2>" + render.table(
         ["Setting", "Value"], [[key, value] for key, value in shown.items()], EXPLAIN["settings"],
         [] if settings else ["run.json not found: settings unknown."],
     )
     body += _tables(summary, "All predictions") + _plots(samples, curves, summary) + _review_section(summary["review_threshold"])
+    body += _pointing_section(summary["pointing"])
     for finding, finding_summary in summary.get("by_finding", {}).items():
         body += _tables(finding_summary, f"Finding {finding}")
     if (folder / "sanity.json").is_file():  # written when the run's sanity checks were on
