@@ -122,3 +122,18 @@ def test_two_process_patchnet_training(chest_dir, tmp_path):
     assert "best validation val_auroc" in out
     state = torch.load(root / "models" / "patchnet" / "model.pt", weights_only=True)
     assert all(key.startswith("backbone.") for key in state)  # the DDP wrapper's "module." is not saved
+
+
+@pytest.mark.parametrize("setting, values", [("patch_shifts", (1, 2)), ("patch_grid", (2, 1)), ("patch_backbone", ("densenet121", "resnet50"))])
+def test_each_patchnet_setting_changes_the_bundles_maps(setting, values):
+    """Parsed from the chest bundle's configs with random weights: two values of each PatchNet setting give other maps."""
+    maps = []
+    for value in values:
+        parser = ConfigParser()
+        parser.read_config(str(CHEST_CONFIGS / "inference.yaml"))
+        parser.update({**PATCHNET, "image_size": CHEST_TINY["image_size"], "device": "$torch.device('cpu')", setting: value})
+        torch.manual_seed(0)
+        explainer = parser.get_parsed_content("explainer")
+        image = torch.rand(1, 1, CHEST_TINY["image_size"], CHEST_TINY["image_size"], generator=torch.Generator().manual_seed(1))
+        maps.append(explainer(image, 0))
+    assert not torch.allclose(maps[0], maps[1])

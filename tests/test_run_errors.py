@@ -81,6 +81,15 @@ def test_chest_inference_without_its_models_fails_naming_them(tmp_path):
     assert not list((tmp_path / "root").rglob("*.csv"))
 
 
+def test_patch_logits_of_a_densenet_fails_naming_both_settings(tmp_path):
+    image = tmp_path / "lesion.png"
+    Image.new("RGB", (32, 32), (90, 60, 50)).save(image)
+    code, last, out = bundle_run(HAM_CONFIGS, INFER, "inferring", tmp_path / "root", "--input", repr([str(image)]),
+                                 "--explainer_name", "patch_logits", "--review_threshold", "0.2")
+    assert code != 0, out[-3000:]
+    assert last.startswith("error: ") and "explainer_name patch_logits" in last and "classifier_name: patchnet" in last, last
+
+
 def test_a_search_whose_every_trial_fails_fails(ham_dir, tmp_path):
     configs = [str(HAM_CONFIGS / c) for c in [*TRAIN_SEGMENTER, "search.yaml"]]
     with pytest.raises(SearchError) as info:
