@@ -11,7 +11,9 @@ from monai.networks.nets import DenseNet121, ResNet
 from torch import nn
 
 from segx_monai.explainers import (
+    COUNTERFACTUAL,
     EXPLAINERS,
+    Counterfactual,
     EigenCAM,
     GradCAM,
     GradCAMpp,
@@ -25,6 +27,7 @@ from segx_monai.explainers import (
     save_baselines,
 )
 from segx_monai.networks import PatchNet
+from segx_monai.networks.counterfactual import build_generator
 
 N_CLASSES = 3
 MODES = {2: "bilinear", 3: "trilinear"}
@@ -73,6 +76,11 @@ def make_inputs(batch: int = 4, dims: int = 2, size: int = 16) -> torch.Tensor:
     return torch.randn(batch, 2, *[size] * dims, generator=torch.Generator().manual_seed(1))
 
 
+def input_size(name: str) -> int:
+    """16 px, or 32 for the counterfactual generator's four halvings (instance norm needs more than one pixel)."""
+    return 32 if name == "counterfactual" else 16
+
+
 def small_kwargs(name: str) -> dict:
     """Cheap settings per registered explainer for the tiny net."""
     return {
@@ -83,7 +91,16 @@ def small_kwargs(name: str) -> dict:
         "integrated_gradients": {"n_steps": 12, "chunk_size": 5},
         "occlusion": {"window": 4, "stride": 4},
         "patch_logits": {"shifts": 2},
+        "counterfactual": {"generator": make_generator(), "target": [1.0, 0.0, 0.0], "scale": 0.25},
     }[name]
+
+
+def make_generator() -> nn.Module:
+    """A tiny counterfactual generator for TinyNet's 2-channel inputs whose last layer is random, not the identity."""
+    torch.manual_seed(3)
+    generator = build_generator(2, N_CLASSES, low=-3.0, high=3.0, features=(4, 4, 4, 4, 4, 4))
+    nn.init.normal_(generator.unet.final_conv.weight, std=0.5)
+    return generator
 
 
 def direct_cam(net: TinyNet, x: torch.Tensor, targets: list[int], k: int, plus_plus: bool) -> torch.Tensor:
@@ -134,15 +151,17 @@ def test_targets_none_int_and_tensor():
 
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 def test_batched_equals_single(name):
-    net, x = make_net_for(name), make_inputs()
+    net, x = make_net_for(name), make_inputs(size=input_size(name))
     explainer = get_explainer(name, net, **small_kwargs(name))
     for targets in (None, torch.tensor([2, 0, 1, 1])):
         batched = explainer(x, targets)
         per_sample = [None] * 4 if targets is None else targets.split(1)
         singles = torch.cat([explainer(x[i : i + 1], per_sample[i]) for i in range(4)])
-        assert batched.shape == (4, 1, 16, 16)
+        assert batched.shape == (4, 1, *x.shape[2:])
         torch.testing.assert_close(batched, singles, atol=1e-5, rtol=1e-4)
-        assert batched.amin() >= 0 and torch.allclose(batched.flatten(1).amax(1), torch.ones(4))
+        assert batched.amin() >= 0 and batched.amax() <= 1
+        if explainer.min_max:
+            assert torch.allclose(batched.flatten(1).amax(1), torch.ones(4))
 
 
 def _snapshot(net: nn.Module) -> dict:
@@ -172,7 +191,7 @@ def _assert_untouched(net: nn.Module, before: dict) -> None:
 
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 def test_model_and_input_left_untouched(name):
-    net, x = make_net_for(name), make_inputs()
+    net, x = make_net_for(name), make_inputs(size=input_size(name))
     tiny = getattr(net, "backbone", net)
     net.train()
     tiny.features[1].eval()  # a frozen batch-norm inside a training model
@@ -188,6 +207,8 @@ def test_model_and_input_left_untouched(name):
     _assert_untouched(net, before)
     assert torch.equal(x, x_before) and not x.requires_grad
 
+    if name == "counterfactual":  # never runs the classifier: test_counterfactual_map_by_hand checks its generator
+        return
     tiny.fail = True
     with pytest.raises(RuntimeError, match="boom"):
         explainer(x, 1)
@@ -195,11 +216,50 @@ def test_model_and_input_left_untouched(name):
     assert torch.equal(x, x_before)
 
 
+class FailingGenerator(nn.Module):
+    """Wraps a generator; raises after its forward pass when ``fail`` is set."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator, self.fail = generator, False
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        out = self.generator(x, condition)
+        if self.fail:
+            raise RuntimeError("boom")
+        return out
+
+
+def test_counterfactual_map_by_hand():
+    """|X - G(X)| x std, channel mean, clipped to [0, 1], not min-max normalised; the generator is left as found,
+    even when it raises; extras() are the last call's counterfactuals; an identity generator gives zero maps."""
+    net, x = make_net(), make_inputs(size=32)
+    generator = FailingGenerator(make_generator())
+    generator.train()
+    before = _snapshot(generator)
+    explainer = Counterfactual(net, generator, target=[1.0, 0.0, 0.0], scale=[0.25, 0.5])
+    maps = explainer(x, 2)
+    with torch.no_grad():
+        cf = generator.eval()(x, torch.tensor([[1.0, 0.0, 0.0]]).expand(4, -1))
+    generator.train()
+    expected = (((x - cf).abs() * torch.tensor([0.25, 0.5]).view(1, 2, 1, 1)).mean(1, keepdim=True)).clamp(0, 1)
+    torch.testing.assert_close(maps, expected)
+    assert 0 < maps.amax() < 1  # kept on its own scale
+    torch.testing.assert_close(explainer.extras()[COUNTERFACTUAL], cf)
+    _assert_untouched(generator, before)
+    generator.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        explainer(x)
+    _assert_untouched(generator, before)
+    identity = build_generator(2, N_CLASSES, low=-10.0, high=10.0, features=(4, 4, 4, 4, 4, 4))  # zero last layer
+    assert torch.equal(Counterfactual(net, identity, [1.0, 0.0, 0.0])(x), torch.zeros(4, 1, 32, 32))
+
+
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 @pytest.mark.parametrize("value", [0.0, 0.5])
 def test_constant_inputs_give_finite_maps(name, value):
     net = make_net_for(name)
-    maps = get_explainer(name, net, **small_kwargs(name))(torch.full((2, 2, 16, 16), value))
+    maps = get_explainer(name, net, **small_kwargs(name))(torch.full((2, 2, input_size(name), input_size(name)), value))
     assert torch.isfinite(maps).all() and maps.amin() >= 0 and maps.amax() <= 1
 
 
@@ -335,7 +395,7 @@ def test_registry():
         assert type(get_explainer(name, make_net_for(name), **small_kwargs(name))) is cls
     net = make_net()
     assert get_explainer("GradCAM", net, target_layer="features.2").target_layer is net.features[2]
-    with pytest.raises(ValueError, match="gradcam, gradcampp, eigencam, gradient_shap, integrated_gradients, occlusion, patch_logits"):
+    with pytest.raises(ValueError, match="gradcam, gradcampp, eigencam, gradient_shap, integrated_gradients, occlusion, patch_logits, counterfactual"):
         get_explainer("lime", net)
 
 

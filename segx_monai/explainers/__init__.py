@@ -14,11 +14,14 @@ from .attribution import (
 )
 from .base import Explainer, InputAttributionExplainer, explain_positive_classes
 from .cam import CAM, EigenCAM, GradCAM, GradCAMpp, GradientCAM, default_target_layer, principal_projection
+from .counterfactual import COUNTERFACTUAL, Counterfactual
 from .patch import PatchLogits, paint_patches
 from .registry import EXPLAINERS, explainer_class, get_explainer
 
 __all__ = [
     "CAM",
+    "COUNTERFACTUAL",
+    "Counterfactual",
     "EXPLAINERS",
     "EigenCAM",
     "Explainer",

@@ -76,8 +76,15 @@ class Explainer(ABC):
     A new method only implements :meth:`attribute`.
     """
 
+    min_max = True  # False: attribute() returns maps on an absolute [0, 1] scale, which __call__ keeps
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    def extras(self) -> dict[str, Tensor]:
+        """Tensors the last call computed beside its maps, one per explained sample (a counterfactual explainer's
+        images), by name; none for most explainers."""
+        return {}
 
     @abstractmethod
     def attribute(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
@@ -89,7 +96,8 @@ class Explainer(ABC):
     def __call__(self, inputs: Tensor, targets: Targets = None) -> Tensor:
         """Explain ``inputs`` ``(B, C, *spatial)`` for ``targets``: None = predicted class, an int = that
         class for every sample, a ``(B,)`` tensor = one class per sample. Returns maps at the input size,
-        on the input's device, min-max normalised per sample (most important region at 1)."""
+        on the input's device, min-max normalised per sample (most important region at 1) unless the explainer's
+        maps have an absolute scale (``min_max`` False)."""
         spatial = tuple(inputs.shape[2:])
         if inputs.shape[0] == 0:
             return inputs.new_zeros((0, 1, *spatial))
@@ -97,7 +105,8 @@ class Explainer(ABC):
             # plain tensor copy: MONAI MetaTensor bookkeeping is not wanted inside autograd/captum
             x = inputs.detach().as_subclass(Tensor).clone()
             maps = self.attribute(x, as_targets(targets, x.shape[0], x.device))
-        return minmax_normalize(resize_maps(maps.detach(), spatial))
+        maps = resize_maps(maps.detach(), spatial)
+        return minmax_normalize(maps) if self.min_max else maps
 
 
 class InputAttributionExplainer(Explainer):

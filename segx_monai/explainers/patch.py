@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from segx_monai.core.maps import minmax_normalize, per_sample
 from segx_monai.networks.patchnet import PatchNet
 
-from .base import Explainer, Targets, as_targets, explaining, selected_scores
+from .base import Explainer, selected_scores
 
 MODES = ("raw", "scaled")
 ACTIVATIONS = ("sigmoid", "softmax")
@@ -50,10 +50,16 @@ class PatchLogits(Explainer):
         self.mode = mode
         self.activation = activation
         self.shifts = shifts
+        self.min_max = mode == "raw"
 
     def attribute(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
-        """The shift-averaged painted patch logits ``(B, 1, H, W)`` (not normalised)."""
-        return self._painted(inputs, targets)[0]
+        """The shift-averaged painted patch logits ``(B, 1, H, W)``: as they are (raw; ``__call__`` min-max normalises
+        them), or min-max normalised here and times the image probability (scaled), whose absolute scale is kept."""
+        maps, probability = self._painted(inputs, targets)
+        if self.mode == "raw":
+            return maps
+        maps = minmax_normalize(maps.float())
+        return maps * per_sample(probability.float(), maps)
 
     def _painted(self, inputs: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
         """The shift-averaged painted patch logits of ``targets`` and the target class's image probability ``(B,)``."""
@@ -74,15 +80,3 @@ class PatchLogits(Explainer):
                     chosen = patch_logits.gather(1, targets[:, None, None, None].expand(-1, 1, *patch_logits.shape[2:]))
                     total += torch.roll(paint_patches(chosen, size), (-shift[0], -shift[1]), dims=(2, 3))
         return total / self.shifts**2, probability
-
-    def __call__(self, inputs: Tensor, targets: Targets = None) -> Tensor:
-        """As :meth:`Explainer.__call__`, times the image probability when scaled; overridden because that factor comes
-        from the same forward pass as the map and the base class's final min-max normalisation would undo it."""
-        spatial = tuple(inputs.shape[2:])
-        if inputs.shape[0] == 0:
-            return inputs.new_zeros((0, 1, *spatial))
-        with explaining(self.model):
-            x = inputs.detach().as_subclass(Tensor).clone()
-            maps, probability = self._painted(x, as_targets(targets, x.shape[0], x.device))
-        maps = minmax_normalize(maps.float())
-        return maps * per_sample(probability.float(), maps) if self.mode == "scaled" else maps

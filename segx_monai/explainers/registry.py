@@ -9,6 +9,7 @@ from torch import nn
 from .attribution import GradientShap, IntegratedGradients, Occlusion
 from .base import Explainer
 from .cam import EigenCAM, GradCAM, GradCAMpp
+from .counterfactual import Counterfactual
 from .patch import PatchLogits
 
 EXPLAINERS: dict[str, type[Explainer]] = {
@@ -19,6 +20,7 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "integrated_gradients": IntegratedGradients,
     "occlusion": Occlusion,
     "patch_logits": PatchLogits,
+    "counterfactual": Counterfactual,
 }
 
 

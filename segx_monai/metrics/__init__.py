@@ -1,6 +1,6 @@
 """Metrics: localisation of explanations against ground truth, and evaluation of certainty scores."""
 
-from segx_monai.metrics import classification
+from segx_monai.metrics import classification, counterfactual
 from segx_monai.metrics.certainty import (
     CorrectnessMeans,
     RiskCoverage,
@@ -24,6 +24,7 @@ from segx_monai.metrics.pointing import chexlocalize_summary, localize, threshol
 
 __all__ = [
     "classification",
+    "counterfactual",
     "AUITCMetric",
     "CorrectnessMeans",
     "HitRateMetric",
