@@ -8,6 +8,8 @@ TORCH ?= torch==2.13.0
 DEMO ?= ham
 # another classifier (patchnet) is also trained by the demo and compared with DenseNet121: make demo DEMO=chest CLASSIFIER=patchnet
 CLASSIFIER ?= densenet121
+# 1: COIN's counterfactual generator is also trained and its explanations compared: make demo DEMO=chest COUNTERFACTUAL=1
+COUNTERFACTUAL ?= 0
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test benchmark clean
@@ -21,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" CLASSIFIER=$(CLASSIFIER) bash scripts/demo.sh $(DEMO)
+	PATH="$(CURDIR)/$(BIN):$$PATH" CLASSIFIER=$(CLASSIFIER) COUNTERFACTUAL=$(COUNTERFACTUAL) bash scripts/demo.sh $(DEMO)
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -3,13 +3,15 @@
 # the segmenter (scripts/prepare.sh), evaluate both on the test fold, interpret the classifier with SegX/SegU (Grad-CAM
 # and GradientSHAP, each after calibrating its review threshold on the validation fold), run the standalone inference
 # config from the bundle's own folder, and print where the reports are. Re-running resumes finished work.
-# Usage: [CLASSIFIER=patchnet] scripts/demo.sh [ham|chest|all]. CLASSIFIER (default densenet121) other than DenseNet121:
+# Usage: [CLASSIFIER=patchnet] [COUNTERFACTUAL=1] scripts/demo.sh [ham|chest|all]. CLASSIFIER (default densenet121) other than DenseNet121:
 # also train that classifier on the same split and compare its explanations with DenseNet121's Grad-CAM, Grad-CAM++ and
-# Eigen-CAM, raw and with SegX (interpret/comparison.html).
+# Eigen-CAM, raw and with SegX (interpret/comparison.html). COUNTERFACTUAL=1: also train COIN's counterfactual generator
+# against DenseNet121 and compare its explanations with Grad-CAM's and GradientSHAP's (the same table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 CLASSIFIER=${CLASSIFIER:-densenet121}
+COUNTERFACTUAL=${COUNTERFACTUAL:-0}
 
 explain() {  # bundle-root explainer [overrides...]: the review threshold on the validation fold, then the test fold's report
   local root=$1 explainer=$2
@@ -38,11 +40,13 @@ bundle_demo() {  # bundle gradient-shap-draws
   explain "$root" gradient_shap --shap_samples "$shap_samples"
   (cd "$root" && python -m monai.bundle run inferring --config_file configs/inference.yaml)  # the Model Zoo's way
   [ "$CLASSIFIER" = densenet121 ] || compare "$bundle" "$CLASSIFIER"
+  [ "$COUNTERFACTUAL" = 0 ] || counterfactual "$bundle"
+  if [ "$CLASSIFIER" != densenet121 ] || [ "$COUNTERFACTUAL" != 0 ]; then python -m segx_monai.report.comparison "$root"; fi
 }
 
 compare() {  # bundle classifier: another classifier trained beside DenseNet121 on the same split, the other CAMs of
-  # DenseNet121, the other classifier's own explanations (a PatchNet's patch logits, raw and scaled; else Grad-CAM),
-  # and one table of them all (interpret/comparison.html)
+  # DenseNet121 and the other classifier's own explanations (a PatchNet's patch logits, raw and scaled; else Grad-CAM),
+  # for one table of them all (interpret/comparison.html)
   local bundle=$1 classifier=$2
   local root=bundles/$bundle
   explain "$root" gradcampp
@@ -54,7 +58,13 @@ compare() {  # bundle classifier: another classifier trained beside DenseNet121 
   else
     explain "$root" gradcam --classifier_name "$classifier"
   fi
-  python -m segx_monai.report.comparison "$root"
+}
+
+counterfactual() {  # bundle: COIN's generator trained against the frozen DenseNet121, then its explanations
+  local root=bundles/$1
+  python -m monai.bundle run training --bundle_root "$root" \
+    --config_file "['$root/configs/inference.yaml','$root/configs/train_counterfactual.yaml']"
+  explain "$root" counterfactual
 }
 
 # GradientSHAP draws per explanation: the published 50 for the skin bundle; the chest bundle explains every predicted
