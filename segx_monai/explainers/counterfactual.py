@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from segx_monai.metrics.counterfactual import difference_map
 
-from .base import Explainer, explaining
+from .base import Explainer, Targets, explaining
 
 COUNTERFACTUAL = "counterfactual"  # the name of the counterfactual images among the explainer's extras
 
@@ -43,6 +43,10 @@ class Counterfactual(Explainer):
         condition = self.target.to(inputs.device).expand(inputs.shape[0], -1)
         with explaining(self.generator), torch.no_grad():
             return self.generator(inputs, condition)
+
+    def __call__(self, inputs: Tensor, targets: Targets = None) -> Tensor:
+        self._counterfactuals = inputs[:0].detach().as_subclass(Tensor)  # a call without samples leaves none, not the last
+        return super().__call__(inputs, targets)
 
     def attribute(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
         self._counterfactuals = self.counterfactuals(inputs)

@@ -21,6 +21,7 @@ class OutputKeys:
     SEGX_BINARY = "segx_binary"  # (P, 1, *spatial) boolean: the most relevant pixels within the region
     REGION_MASK = "region_mask"  # (P, 1, *spatial) boolean: the region mask SegX used
     ROWS = "rows"  # P dicts of sample-table columns (one row before an explainer says which classes it explains)
+    COUNTERFACTUAL = "counterfactual"  # (P, C, *spatial) counterfactual images, when the explainer makes them
 
 
 MADE_BY = {
@@ -32,6 +33,7 @@ MADE_BY = {
     OutputKeys.SEGX_MAP: "segx_monai.handlers.segx.SegXMaps",
     OutputKeys.SEGX_BINARY: "segx_monai.handlers.segx.SegXMaps",
     OutputKeys.REGION_MASK: "segx_monai.handlers.segx.SegXMaps",
+    OutputKeys.COUNTERFACTUAL: "segx_monai.handlers.segx.ExplainPredictions with a counterfactual explainer (explainer_name counterfactual)",
 }
 
 
@@ -61,9 +63,18 @@ class Columns:
     # the probability of a correct prediction given [confidence, the chosen SegU score], by the logistic regression
     # fitted on the validation fold when the review threshold was calibrated (models/review_<explainer>.json)
     COMBINED = "combined"
+    # counterfactual runs (segx_monai.handlers.counterfactual): the classifier's probability of the target outcome (the
+    # target class; for a target of no finding, 1 - p of the explained finding) on the image and on its counterfactual,
+    # and the IoU of the weak segmentation (map > counterfactual_threshold) with the ground truth, as it is and
+    # restricted to the region SegX used
+    TARGET_PROBABILITY = "target_probability"
+    COUNTERFACTUAL_PROBABILITY = "counterfactual_target_probability"
+    WEAK_IOU_RAW = "weak_iou_raw"
+    WEAK_IOU_SEGX = "weak_iou_segx"
     TEXT = (IMAGE_ID, FINDING, PREDICTION, PREDICTED_FINDINGS, LABEL)  # columns of text, whatever their cells hold
 
 
+WEAK_IOU = {"raw": Columns.WEAK_IOU_RAW, "segx": Columns.WEAK_IOU_SEGX}  # by map variant, as MAP_VARIANTS
 CONFIDENCE_SCORES = (Columns.CONFIDENCE, Columns.ENTROPY)  # the classifier's own certainty, per sample-table row
 CERTAINTY_SCORES = (Columns.CIOU, Columns.CAUITC, Columns.CPRECISION, Columns.CRELEVANCE_MASS, Columns.CRANK_ACCURACY)
 CERTAINTY_SCORE_NAMES = dict(zip(CERTAINTY_SCORES, ("cIoU", "cAUITC", "cPrecision", "cRelevance mass", "cRank accuracy")))  # as reports name them

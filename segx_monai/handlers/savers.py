@@ -24,6 +24,9 @@ from segx_monai.io.dicom_writer import write_secondary_capture
 
 _COLORMAP = matplotlib.colormaps["jet"]
 PANELS = ("image", "raw", "region", "SegX")  # the overlay strip's panels, left to right, labelled in its top band
+# a counterfactual explanation's strip: the image, its counterfactual and their difference (the raw map), region, SegX
+COUNTERFACTUAL_PANELS = ("image", "counterfactual", "difference", "region", "SegX")
+COUNTERFACTUAL_DIR = "counterfactuals"  # the saved counterfactual images, <pair stem>.png / .nii.gz
 DISPLAY_PERCENTILE = 99.0  # top of the overlays' colour scale for attribution maps, whose few extreme pixels fade the rest
 
 
@@ -68,17 +71,19 @@ def heat_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> n
 
 def overlay_strip(
     picture: np.ndarray, raw: np.ndarray, region: np.ndarray, segx_map: np.ndarray, segx_binary: np.ndarray,
-    percentile: float | None = None,
+    percentile: float | None = None, counterfactual: np.ndarray | None = None,
 ) -> np.ndarray:
     """image | raw map | predicted region (contour-free tint) | SegX map (``PANELS``), side by side; raw and SegX on
     one colour scale (see ``display_top``); the SegX panel outlines in white the binary map, the set the SegX variant
-    declares most relevant (MONAI's ``LabelToContour``)."""
+    declares most relevant (MONAI's ``LabelToContour``). A ``counterfactual`` picture goes after the image, the raw
+    map being their difference (``COUNTERFACTUAL_PANELS``)."""
     tint = picture.copy()
     tint[region > 0] = (0.5 * tint[region > 0] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
     top = display_top(raw, percentile)
     segx_panel = heat_overlay(picture, on_scale(segx_map, top))
     segx_panel[LabelToContour()(torch.as_tensor(segx_binary[None], dtype=torch.float32))[0].numpy() > 0] = 255
-    return np.concatenate([picture, heat_overlay(picture, on_scale(raw, top)), tint, segx_panel], axis=1)
+    before = [picture] if counterfactual is None else [picture, counterfactual]
+    return np.concatenate([*before, heat_overlay(picture, on_scale(raw, top)), tint, segx_panel], axis=1)
 
 
 def labelled(strip: np.ndarray, labels: Sequence[str] = PANELS) -> np.ndarray:
@@ -94,7 +99,9 @@ def labelled(strip: np.ndarray, labels: Sequence[str] = PANELS) -> np.ndarray:
 
 class ExplanationSaver(IterationHandler):
     """Saves each pair's ``SAVED_MAPS`` as ``maps/<id>[_<finding>]_raw`` / ``_segx`` / ``_segx_binary`` (``.nii.gz``
-    float, ``.png`` 8-bit; the binary map 0/1 and 0/255) and its overlay strip as ``overlays/<id>[_<finding>].png``.
+    float, ``.png`` 8-bit; the binary map 0/1 and 0/255) and its overlay strip as ``overlays/<id>[_<finding>].png``;
+    a pair with a counterfactual image also has it saved, as the picture shown (``counterfactuals/<id>[_<finding>]``,
+    ``.nii.gz`` in [0, 1] channel-last, ``.png``), and shown in the strip (``COUNTERFACTUAL_PANELS``).
 
     ``mean``/``std`` are those of the images' normalisation, to show the picture the classifier saw. Maps are written
     at the network's grid; ``display_size`` enlarges the overlays so that each panel is at least that wide (nearest
@@ -121,6 +128,14 @@ class ExplanationSaver(IterationHandler):
         if "png" in self.formats:
             Image.fromarray((scaled_to_max(heat) * 255).round().astype(np.uint8)).save(self.output_dir / "maps" / f"{stem}.png")
 
+    def _write_counterfactual(self, picture: np.ndarray, stem: str) -> None:
+        folder = self.output_dir / COUNTERFACTUAL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        if "nii.gz" in self.formats:
+            nib.save(nib.Nifti1Image(picture.astype(np.float32) / 255, np.eye(4)), folder / f"{stem}.nii.gz")
+        if "png" in self.formats:
+            Image.fromarray(picture).save(folder / f"{stem}.png")
+
     def __call__(self, engine: Engine) -> None:
         (self.output_dir / "maps").mkdir(parents=True, exist_ok=True)
         (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -131,12 +146,17 @@ class ExplanationSaver(IterationHandler):
                 maps = {kind: item[key][n, 0].float().cpu().numpy() for kind, key in SAVED_MAPS.items()}
                 for kind, heat in maps.items():
                     self._write_map(heat, map_stem(image_id, finding, kind))
+                counterfactual = None
+                if OutputKeys.COUNTERFACTUAL in item:
+                    counterfactual = display_image(item[OutputKeys.COUNTERFACTUAL][n], self.mean, self.std)
+                    self._write_counterfactual(counterfactual, pair_stem(image_id, finding))
                 if self.overlays:
                     region = item[OutputKeys.REGION_MASK][n, 0].cpu().numpy()
-                    strip = overlay_strip(picture, maps["raw"], region, maps["segx"], maps["segx_binary"], self.percentile)
+                    strip = overlay_strip(picture, maps["raw"], region, maps["segx"], maps["segx_binary"], self.percentile, counterfactual)
                     scale = max(1, math.ceil(self.display_size / picture.shape[1]))
                     strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
-                    Image.fromarray(labelled(strip)).save(self.output_dir / "overlays" / f"{pair_stem(image_id, finding)}.png")
+                    panels = PANELS if counterfactual is None else COUNTERFACTUAL_PANELS
+                    Image.fromarray(labelled(strip, panels)).save(self.output_dir / "overlays" / f"{pair_stem(image_id, finding)}.png")
 
 
 class DicomOverlayWriter(IterationHandler):

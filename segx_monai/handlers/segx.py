@@ -57,8 +57,9 @@ class ExplainPredictions(IterationHandler):
     """Explains each sample's predicted class, or every predicted-positive class when ``multi_label``, in one batch.
 
     Adds ``map`` ``(P, 1, *spatial)`` and ``explained_classes`` to each output item and one row per pair (with the
-    finding's name for multi-label). The explainer runs its own forward and backward pass on the classifier's
-    input tensor, never on a modified copy of the image.
+    finding's name for multi-label), and each tensor of the explainer's ``extras()`` per pair under its name (a
+    counterfactual explainer's images: ``counterfactual``). The explainer runs its own forward and backward pass on
+    the classifier's input tensor, never on a modified copy of the image.
     """
 
     def __init__(
@@ -84,6 +85,8 @@ class ExplainPredictions(IterationHandler):
             item[OutputKeys.MAP], item[OutputKeys.EXPLAINED_CLASSES] = maps[sample_idx == i].detach(), classes
             if self.multi_label:
                 item[OutputKeys.ROWS] = [{Columns.FINDING: self.class_names[c]} for c in classes]
+        for key, values in self.explainer.extras().items():
+            _split_pairs(values.detach(), items, key)
 
 
 class SegXMaps(IterationHandler):

@@ -32,7 +32,8 @@ def run_label(settings: dict) -> str:
     """A run's name in the table: classifier, explainer and what distinguishes the explainer's runs."""
     explainer = settings.get("explainer", "?")
     detail = {"patch_logits": settings.get("patch_map"), "gradcam": settings.get("gradcam_layer"),
-              "gradcampp": settings.get("gradcam_layer"), "eigencam": settings.get("gradcam_layer")}.get(explainer)
+              "gradcampp": settings.get("gradcam_layer"), "eigencam": settings.get("gradcam_layer"),
+              "counterfactual": settings.get("counterfactual_target") and f"target {settings['counterfactual_target']}"}.get(explainer)
     return f"{settings.get('classifier', '?')} + {explainer}" + (f" ({detail})" if detail else "")
 
 

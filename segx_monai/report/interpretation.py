@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segx_monai.explainers import COUNTERFACTUAL
 from segx_monai.handlers import contract
 from segx_monai.handlers.contract import Columns, CurveFields, curve_field, localization_column, pair_stem
 from segx_monai.handlers.review import NOT_TUNED
-from segx_monai.handlers.savers import PANELS, display_percentile
+from segx_monai.handlers.savers import COUNTERFACTUAL_PANELS, PANELS, display_percentile
 from segx_monai.metrics.certainty import correctness_auroc, mean_by_correctness, risk_coverage_curve
 from segx_monai.metrics.pointing import chexlocalize_summary
 from segx_monai.report import render
@@ -64,6 +65,7 @@ GALLERY_PANEL_WIDTH = 224  # pixels: overlay strips are enlarged so that each pa
 EXPLAINER_SETTINGS = {  # run settings only these explainers read
     "shap_samples": ("gradient_shap",), "gradcam_layer": ("gradcam", "gradcampp", "eigencam"),
     "patch_map": ("patch_logits",), "patch_shifts": ("patch_logits",),
+    **dict.fromkeys(("counterfactual_target", "counterfactual_threshold", "counterfactual_opening", "realism_features"), (COUNTERFACTUAL,)),
 }
 EXPLAIN = {
     "settings": "How the explanations were made: the explainer, how the map was restricted to the segmented region "
@@ -110,6 +112,16 @@ EXPLAIN = {
     "explanation, the predicted clinical region (green) and the SegX explanation (white outline: its binary map). Raw "
     "and SegX are drawn on one colour scale topped by the raw map, so a SegX map that kept little of the raw "
     "relevance looks cooler than one that kept all of it.",
+    "gallery_counterfactual": "Here the explanation is a counterfactual: the second panel is the image the generator "
+    "made from the first for the classifier to give the target outcome, and the raw explanation is their difference "
+    "|X − X_cf|, in pixel units (1: black turned white).",
+    "counterfactual": "Measures of the counterfactual explanations (COIN). Validity: among the confidently abnormal "
+    "predictions (the target outcome's probability at most 1 − confidence), the share whose counterfactual raises "
+    "that probability by more than τ, i.e. whether the generator does change the classifier's mind. Weak "
+    "segmentation IoU: the overlap with the expert outline of the pixels the counterfactual changed by more than the "
+    "threshold, as they are (raw) and within the segmented region (SegX); higher is better. Fréchet distance: how far "
+    "the counterfactuals lie from real images of the target class, as Gaussians fitted to their features (the FID "
+    "formula); 0 means alike, lower is better, and values compare only within one feature space.",
 }
 
 
@@ -648,18 +660,41 @@ def _scale_sentence(explainer: str | None) -> str:
 def _gallery(samples: dict[str, np.ndarray], overlay_dir: Path, selected: dict[str, list[int]], settings: dict) -> str:
     """The gallery sections, one captioned overlay strip per selected row, each panel at least
     ``GALLERY_PANEL_WIDTH`` wide."""
-    score = settings.get("certainty_score", Columns.CIOU)
-    body = "<h2>Gallery</h2>" + render.paragraph(f"{EXPLAIN['gallery']} {_scale_sentence(settings.get('explainer'))}")
+    score, counterfactual = settings.get("certainty_score", Columns.CIOU), settings.get("explainer") == COUNTERFACTUAL
+    panels = COUNTERFACTUAL_PANELS if counterfactual else PANELS
+    text = f"{EXPLAIN['gallery']} {EXPLAIN['gallery_counterfactual'] if counterfactual else ''} {_scale_sentence(settings.get('explainer'))}"
+    body = "<h2>Gallery</h2>" + render.paragraph(" ".join(text.split()))
     for section, rows in selected.items():
         heading, rule = GALLERY[section]
         tiles = [
-            (render.image_uri(_overlay(samples, overlay_dir, row), min_width=len(PANELS) * GALLERY_PANEL_WIDTH),
+            (render.image_uri(_overlay(samples, overlay_dir, row), min_width=len(panels) * GALLERY_PANEL_WIDTH),
              _caption(samples, row, score))
             for row in rows
         ]
         body += f"<h3>{heading}</h3>" + render.paragraph(f"Cases with the {rule}.")
         body += render.figure_row(tiles, kind="gallery", notes=[] if tiles else ["No such case has an overlay image."])
     return body
+
+
+def _counterfactual_section(result: dict, settings: dict) -> str:
+    """The "Counterfactual" section from ``counterfactual.json`` (``segx_monai.handlers.counterfactual``): validity,
+    weak-segmentation IoU raw and SegX, and the Fréchet distance with the feature space it was measured in."""
+    validity, iou, realism = result["validity"], result["weak_segmentation_iou"], result["realism"]
+    rows = [
+        ["Counterfactual validity", fmt(validity["value"]),
+         f"{validity['n_confident']} confidently abnormal of {validity['n_pairs']} predictions",
+         f"confidence {fmt(validity['confidence'])} (target probability ≤ {fmt(1 - validity['confidence'])}), "
+         f"τ = {fmt(validity['tau'])}"],
+        ["Weak segmentation IoU, raw → SegX", f"{fmt(iou['raw']['mean'])} → {fmt(iou['segx']['mean'])}",
+         f"{iou['raw']['n']} predictions with a ground-truth mask",
+         f"map > {fmt(settings.get('counterfactual_threshold'))}, opening {fmt(settings.get('counterfactual_opening'))}"],
+        ["Fréchet distance to real target images", fmt(realism["frechet_distance"]),
+         f"{realism['n_real']} real / {realism['n_counterfactual']} counterfactual images", f"features: {realism['features']}"],
+    ]
+    notes = [part["note"] for part in (validity, iou, realism) if "note" in part]
+    target = settings.get("counterfactual_target")
+    heading = "<h2>Counterfactual</h2>" + (render.paragraph(f"Target outcome: {target}.") if target else "")
+    return heading + render.table(["Measure", "Value", "n", "Settings"], rows, EXPLAIN["counterfactual"], notes)
 
 
 def build_report(
@@ -689,6 +724,8 @@ def build_report(
         "gallery": {section: samples[Columns.IMAGE_ID][rows].tolist() for section, rows in selected.items()},
         "pointing": _pointing(samples, settings.get("localization_thresholds"), n_bootstrap, seed),
     }
+    if (folder / "counterfactual.json").is_file():  # written by a counterfactual run
+        summary["counterfactual"] = _read_json(folder / "counterfactual.json")
     if Columns.FINDING in samples:
         subsets = {
             finding: {k: v[samples[Columns.FINDING] == finding] for k, v in samples.items()}
@@ -708,6 +745,8 @@ def build_report(
     )
     body += _tables(summary, "All predictions") + _plots(samples, curves, summary) + _review_section(summary["review_threshold"])
     body += _pointing_section(summary["pointing"])
+    if "counterfactual" in summary:
+        body += _counterfactual_section(summary["counterfactual"], settings)
     for finding, finding_summary in summary.get("by_finding", {}).items():
         body += _tables(finding_summary, f"Finding {finding}")
     if (folder / "sanity.json").is_file():  # written when the run's sanity checks were on
