@@ -19,7 +19,7 @@ from torch import nn
 
 from conftest import CALIBRATE, CHEST_CONFIGS, CHEST_TINY, INTERPRET, chest_workflow, run_workflow
 
-from segx_monai.data.fingerprint import WeightsWithSplit
+from segx_monai.handlers.classifier_record import ClassifierRecord, WeightsWithClassifier
 from segx_monai.explainers import COUNTERFACTUAL, Counterfactual
 from segx_monai.handlers.contract import HandlerOrderError, OutputKeys
 from segx_monai.handlers.counterfactual import CLASSIFIER_FEATURES, CounterfactualRealism, CounterfactualScores
@@ -250,7 +250,7 @@ def test_the_report_has_a_counterfactual_section(tmp_path):
 
 
 def write_generator(root, chest_dir) -> None:
-    """A generator file as its training's BestModelSaver writes it (a state dict recording the split), of an
+    """A generator file as its training's BestModelSaver writes it (a state dict recording the split and the classifier), of an
     untrained generator whose last layer is set to random weights: its counterfactuals differ from the images."""
     parser = ConfigParser()
     parser.read_config(str(CHEST_CONFIGS / "inference.yaml"))
@@ -258,7 +258,8 @@ def write_generator(root, chest_dir) -> None:
     generator = parser.get_parsed_content("generator_def")
     torch.manual_seed(0)
     nn.init.normal_(generator.unet.final_conv.weight, std=0.5)
-    state = WeightsWithSplit(generator, parser.get_parsed_content("split_record")).state_dict()
+    classifier = ClassifierRecord(parser.get_parsed_content("classifier_file"))
+    state = WeightsWithClassifier(generator, parser.get_parsed_content("split_record"), classifier).state_dict()
     torch.save(state, parser.get_parsed_content("generator_file"))
 
 
