@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from segx_monai.explainers.base import explaining
 from segx_monai.explainers.counterfactual import Counterfactual
-from segx_monai.metrics.classification import _WarnOnce
+from segx_monai.metrics.classification import WarnOnce
 from segx_monai.metrics.counterfactual import consistency_kl, counterfactual_validity, is_target, target_probability, total_variation
 
 TERMS = ("adversarial", "consistency", "reconstruction", "total_variation")  # the generator's losses, in its output
@@ -186,7 +186,7 @@ class CounterfactualValidity(CumulativeIterationMetric):
     def __init__(self, target: Sequence[float] | Tensor, multi_label: bool, confidence: float = 0.8, tau: float = 0.8) -> None:
         super().__init__()
         self.target, self.multi_label = torch.as_tensor(target, dtype=torch.float32), multi_label
-        self.confidence, self.tau, self.warn = confidence, tau, _WarnOnce()
+        self.confidence, self.tau, self.warn = confidence, tau, WarnOnce()
 
     def _compute_tensor(self, y_pred: Tensor, y: Tensor | None = None) -> Tensor:  # type: ignore[override]
         return outcome_probabilities(y_pred, self.target, self.multi_label)

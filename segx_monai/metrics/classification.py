@@ -19,7 +19,7 @@ def one_sided_classes(y: torch.Tensor) -> tuple[list[int], list[int]]:
     return torch.nonzero(positives == 0).flatten().tolist(), torch.nonzero(positives == y.shape[0]).flatten().tolist()
 
 
-class _WarnOnce:
+class WarnOnce:
     """Logs each distinct warning once per metric object (once per run, not every epoch), naming classes by name."""
 
     def __init__(self, class_names: Sequence[str] | None = None) -> None:
@@ -69,7 +69,7 @@ class BalancedAccuracy(ConfusionMatrixCounts):
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         super().__init__(num_classes)
-        self.warn = _WarnOnce(class_names)
+        self.warn = WarnOnce(class_names)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         confusion = super().aggregate()
@@ -104,7 +104,7 @@ class MacroAUROC(CumulativeIterationMetric):
 
     def __init__(self, per_class: bool = False, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
-        self.per_class, self.warn = per_class, _WarnOnce(class_names)
+        self.per_class, self.warn = per_class, WarnOnce(class_names)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         return torch.cat([y_pred, y], dim=1)
