@@ -19,7 +19,7 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import CHEST_CONFIGS, CHEST_TINY, REPO, chest_workflow, cli_settings, ham_workflow, run_workflow
+from conftest import CHEST_CONFIGS, CHEST_TINY, HAM_CONFIGS, REPO, TINY, chest_workflow, cli_settings, ham_workflow, run_workflow
 from test_run_safety import kill, partial_files, wait_for
 from segx_monai.data.fingerprint import SplitRecord, saved_split
 from segx_monai.engines import CounterfactualLoss, CounterfactualOutcome, CounterfactualTrainer, CounterfactualValidity, outcome_probabilities
@@ -331,3 +331,40 @@ def test_the_skin_overlay_trains_a_generator_for_its_target_class(trained_ham_bu
     assert trainer.multi_label is False and trainer.target.tolist() == [1.0, 0, 0, 0, 0, 0, 0]  # nv, softmax
     check_generator(root / "models" / "counterfactual.pt", root / "models" / "model.pt")
     assert (root / "runs" / "counterfactual" / "checkpoints" / "resume_checkpoint_1.pt").is_file()
+
+
+@pytest.mark.parametrize("target, expected", [("nv", [1.0, 0, 0, 0, 0, 0, 0]), ("mel", [0, 1.0, 0, 0, 0, 0, 0])])
+def test_the_skin_target_class_reaches_training_validation_and_the_explainer(target, expected):
+    parser = ConfigParser()
+    parser.read_config([str(HAM_CONFIGS / c) for c in TRAIN_COUNTERFACTUAL])
+    parser.update({"counterfactual_target": target, "device": "$torch.device('cpu')"})
+    assert parser.get_parsed_content("class_names")[expected.index(1.0)] == target
+    assert parser.get_parsed_content("counterfactual_posterior").tolist() == expected
+    assert parser.get_parsed_content("counterfactual_training#key_metric#val_validity").metric_fn.target.tolist() == expected
+    assert parser.get_parsed_content("counterfactual_training#outcome").explainer.target.tolist() == expected
+    assert parser.get_parsed_content("explainer_options#counterfactual#target").tolist() == expected
+
+
+def test_generator_settings_change_the_generator():
+    parser = ConfigParser()
+    parser.read_config([str(CHEST_CONFIGS / "inference.yaml")])
+    parser.update({"device": "$torch.device('cpu')", "display_mean": [0.25], "display_std": [0.5]})
+    generator = parser.get_parsed_content("generator")
+    assert generator.low.flatten().tolist() == [-0.5] and generator.high.flatten().tolist() == [1.5]  # pixel 0 and 1
+    parser.update({"generator_features": [8, 8, 16, 32, 64, 8], "image_high": [1.0]})
+    smaller = parser.get_parsed_content("generator", lazy=False)
+    assert smaller.high.flatten().tolist() == [1.0]
+    assert sum(p.numel() for p in smaller.parameters()) < sum(p.numel() for p in generator.parameters()) / 2
+
+
+def test_an_unknown_target_class_ends_the_training_naming_the_key(trained_ham_bundle, ham_dir, tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(trained_ham_bundle, root)
+    settings = cli_settings(HAM_CONFIGS, TRAIN_COUNTERFACTUAL, {**TINY, "counterfactual_target": "melanoma"})
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str([str(HAM_CONFIGS / c) for c in TRAIN_COUNTERFACTUAL]),
+               "--bundle_root", str(root), "--dataset_dir", str(ham_dir), *[a for k, v in settings.items() for a in (f"--{k}", str(v))]]
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    last = done.stdout.strip().splitlines()[-1]
+    assert done.returncode != 0 and last.startswith("error: "), done.stdout[-3000:]
+    assert "counterfactual_target 'melanoma'" in last and "'nv'" in last and "'mel'" in last, last
+    assert not (root / "models" / "counterfactual.pt").exists()
