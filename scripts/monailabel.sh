@@ -24,6 +24,8 @@ serve() {  # studies [start_server options...]
   export MONAI_LABEL_DATASTORE_FILE_EXT='["*.png","*.jpg","*.jpeg","*.dcm"]'
   # DICOMweb series stay DICOM files: the bundles read them (VOI LUT, MONOCHROME1) instead of a NIfTI conversion
   export MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI=${MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI:-false}
+  # the radiographs' series (MONAI Label lists only CT ones by default), not the results stored beside them
+  export MONAI_LABEL_DICOMWEB_SEARCH_FILTER=${MONAI_LABEL_DICOMWEB_SEARCH_FILTER:-'{"Modality": "CR,DX"}'}
   exec "$venv/bin/python" -m monailabel.main start_server --app monailabel_app --studies "$studies" --host 127.0.0.1 \
     --port "${SEGX_MONAILABEL_PORT:-8000}" "$@"
 }
