@@ -1,9 +1,11 @@
-"""Decode throughput of ``read_dicom`` per transfer syntax, on a 1024x1024 chest-X-ray-like picture.
+"""Decode throughput of ``read_dicom`` per transfer syntax, on a 1024x1024 chest-X-ray-like picture; with
+``--results``, the write time and size of the DICOM results of one such image (maps at 256x256).
 
-Run from the repository root: ``python benchmarks/bench_dicom.py``. 16 bits stored, except JPEG
+Run from the repository root: ``python benchmarks/bench_dicom.py [--results]``. 16 bits stored, except JPEG
 baseline (8 bits); the ratios are to uncompressed Explicit VR Little Endian.
 """
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -40,7 +42,54 @@ def chest_like_picture(size: int, seed: int = 0) -> np.ndarray:
     return np.clip(picture, 0, 1)
 
 
+MAP_SIZE = 256
+RESULTS = {"seg": "Segmentation", "pm": "Parametric Map", "sc": "Secondary Capture", "sr": "Comprehensive SR"}
+
+
+def results() -> None:
+    """Seconds to write one study's results through the inference handler (median of ``REPEATS``), with and without
+    the overlay Secondary Capture, and each object's size."""
+    import torch
+    from ignite.engine import Engine
+
+    from segx_monai.handlers.contract import Columns, OutputKeys
+    from segx_monai.handlers.dicom_results import DicomResultsWriter
+
+    rng = np.random.default_rng(0)
+    region = torch.zeros(1, MAP_SIZE, MAP_SIZE)
+    region[:, 32:224, 24:120] = region[:, 32:224, 136:232] = 1  # two lungs
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "source.dcm"
+        study = write_dicom_variant(chest_like_picture(SIZE), source, bits=16, pixel_spacing=(0.143, 0.143)).StudyInstanceUID
+        engine = Engine(lambda e, b: None)
+        engine.state.batch = [{"image_id": "source", "image_path": str(source), "original_size": torch.tensor([SIZE, SIZE])}]
+        row = {Columns.FINDING: "Effusion", Columns.PROBABILITY: 0.7, Columns.THRESHOLD: 0.5, Columns.CIOU: 0.3, Columns.REVIEW: 0}
+        engine.state.output = [{OutputKeys.REGION_PROB: region, OutputKeys.SEGX_MAP: torch.as_tensor(rng.random((1, 1, MAP_SIZE, MAP_SIZE)), dtype=torch.float32),
+                                OutputKeys.ROWS: [row]}]
+        timings, sizes = {}, {}
+        for overlays in (False, True):
+            seconds = []
+            for n in range(REPEATS + 1):  # the first: warm-up
+                writer = DicomResultsWriter(Path(folder) / f"out{n}_{overlays}", region="lungs", explainer="gradcam", overlays=overlays)
+                start = time.perf_counter()
+                writer(engine)
+                writer.write_reports(engine)
+                seconds.append(time.perf_counter() - start)
+            timings[overlays] = statistics.median(seconds[1:])
+            for path in (Path(folder) / f"out0_{overlays}" / study).iterdir():
+                sizes[path.stem.rsplit("_", 1)[-1]] = path.stat().st_size
+    print(f"DICOM results of one {SIZE}x{SIZE} 16-bit source, maps at {MAP_SIZE}x{MAP_SIZE}, one explained finding")
+    for kind, name in RESULTS.items():
+        print(f"{name:<18} {sizes[kind]:>10} bytes")
+    print(f"write time per study, SEG + PM + SR: {timings[False]:.3f} s; with the SC: {timings[True]:.3f} s (median of {REPEATS})")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", action="store_true", help="time and size the DICOM results instead")
+    if parser.parse_args().results:
+        results()
+        return
     picture = chest_like_picture(SIZE)
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TRAIN_CONFIGS, chest_workflow, run_workflow
+from test_dicom_results import dciodvfy_errors
 from segx_monai.data.chestx_det import CHESTX_DET10_FINDINGS
 from segx_monai.io.dicom import is_dicom
 
@@ -44,7 +46,7 @@ def test_interpretation_rows_per_predicted_finding(trained_chest_bundle, chest_d
     assert (out / "report.html").is_file() and "by_finding" in json.loads((out / "summary.json").read_text())
 
 
-def test_inference_on_a_dicom_folder_writes_overlays_as_secondary_capture(trained_chest_bundle, chest_dir, tmp_path):
+def test_inference_on_a_dicom_folder_writes_seg_parametric_maps_and_reports(trained_chest_bundle, chest_dir, tmp_path):
     out = tmp_path / "inference"
     run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml"], workflow_type="infer",
                                 input=str(chest_dir / "dicom"), inference_dir=str(out), finding_thresholds=[0.0] * 10))
@@ -52,11 +54,18 @@ def test_inference_on_a_dicom_folder_writes_overlays_as_secondary_capture(traine
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted({r["image_id"] for r in rows}) == sorted(p.stem for p in sources)
     source = pydicom.dcmread(sources[0])
-    overlay = pydicom.dcmread(out / "dicom" / f"{sources[0].stem}_{CHESTX_DET10_FINDINGS[0]}_segx.dcm")
-    assert overlay.StudyInstanceUID == source.StudyInstanceUID and overlay.SeriesInstanceUID != source.SeriesInstanceUID
-    assert overlay.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    lungs = np.asarray(Image.open(out / "masks" / f"{sources[0].stem}_lungs.png"))
-    assert lungs.shape == (source.Rows, source.Columns)
+    study = out / "dicom" / source.StudyInstanceUID
+    seg = hd.seg.segread(study / f"{sources[0].stem}_seg.dcm")
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
+    lungs = np.asarray(Image.open(out / "masks" / f"{sources[0].stem}_lungs.png")) > 0
+    np.testing.assert_array_equal(seg.get_pixels_by_source_instance([source.SOPInstanceUID])[0, ..., 0], lungs)
+    pm = pydicom.dcmread(study / f"{sources[0].stem}_{CHESTX_DET10_FINDINGS[0]}_segx_pm.dcm")
+    assert pm.pixel_array.shape == (source.Rows, source.Columns)
+    groups = hd.sr.srread(study / "report_sr.dcm").content.get_planar_roi_measurement_groups()
+    assert {g.finding_type.meaning for g in groups} == set(CHESTX_DET10_FINDINGS)  # threshold 0: every finding
+    assert not list(out.rglob("*_sc.dcm"))  # dicom_overlays is off by default
+    for path in (out / "dicom").rglob("*.dcm"):
+        assert dciodvfy_errors(path) == [], path
 
 
 def _clinical_dicom(path, picture: np.ndarray, kind: str) -> None:
@@ -126,4 +135,5 @@ def test_clinical_dicoms_infer_like_their_pngs(trained_chest_bundle, chest_dir, 
             np.testing.assert_array_equal(lungs[1], lungs[0])
             np.testing.assert_allclose(raw[1], raw[0], atol=1e-4)
             np.testing.assert_allclose(maps[1], maps[0], atol=1e-4)
-        assert (outputs["dicom"] / "dicom" / f"{stem}_Effusion_segx.dcm").is_file()
+        study = pydicom.dcmread(dicoms / name).StudyInstanceUID
+        assert (outputs["dicom"] / "dicom" / study / f"{stem}_Effusion_segx_pm.dcm").is_file()

@@ -14,7 +14,6 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    UID,
     BasicTextSRStorage,
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
@@ -34,8 +33,8 @@ from segx_monai.io import (
     is_dicom,
     read_dicom,
     write_dicom_variant,
-    write_secondary_capture,
 )
+from segx_monai.io.dicom_results import overlay_capture, save_atomic
 from segx_monai.io.dicom_writer import TRANSFER_SYNTAXES
 
 
@@ -174,7 +173,7 @@ def test_dicom_reader_in_a_dictionary_config(tmp_path, png_reference):
     image = load({"image": str(path)})["image"]
     np.testing.assert_allclose(np.asarray(image), png_reference, atol=HALF_STEP_12)
     rgb_path = tmp_path / "overlay.dcm"
-    write_secondary_capture(RGB, rgb_path, read_dicom(path)[1])
+    save_atomic(overlay_capture(pydicom.dcmread(path), RGB, finding=None, series_uid=generate_uid()), rgb_path)
     rgb = LoadImaged("image", reader=DicomReader(), ensure_channel_first=True)({"image": rgb_path})["image"]
     assert tuple(rgb.shape) == (3, *PICTURE.shape)
 
@@ -294,37 +293,6 @@ def test_rgb_jpeg2000_ybr_rct_reads_as_rgb(tmp_path):
     ds.save_as(tmp_path / "derm.dcm", enforce_file_format=True)
     image, _ = read_dicom(tmp_path / "derm.dcm")
     np.testing.assert_array_equal(np.rint(image * 255).astype(np.uint8), RGB)
-
-
-def test_secondary_capture_in_a_new_series_of_the_study(tmp_path):
-    source_path = tmp_path / "source.dcm"
-    write_dicom_variant(PICTURE, source_path, patient_id="P001")
-    _, source = read_dicom(source_path)
-    written = write_secondary_capture(RGB, tmp_path / "overlay.dcm", source)
-
-    ds = pydicom.dcmread(tmp_path / "overlay.dcm")
-    assert ds.SOPClassUID == SecondaryCaptureImageStorage == "1.2.840.10008.5.1.4.1.1.7"
-    assert ds.PatientID == "P001" and ds.StudyInstanceUID == source["StudyInstanceUID"]
-    assert ds.SeriesInstanceUID != source["SeriesInstanceUID"] and ds.SOPInstanceUID != source["SOPInstanceUID"]
-    assert UID(ds.SeriesInstanceUID).is_valid and UID(ds.SOPInstanceUID).is_valid
-    assert ds.SOPInstanceUID == written.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
-    assert ds.SeriesDescription == "SegX overlay"
-    for sequence in (ds.ReferencedImageSequence, ds.SourceImageSequence):
-        assert sequence[0].ReferencedSOPClassUID == source["SOPClassUID"]
-        assert sequence[0].ReferencedSOPInstanceUID == source["SOPInstanceUID"]
-    image, meta = read_dicom(tmp_path / "overlay.dcm")
-    np.testing.assert_array_equal(np.rint(image * 255).astype(np.uint8), RGB)
-    assert meta["PhotometricInterpretation"] == "RGB"
-
-
-def test_secondary_capture_copies_patient_and_study_from_a_dataset(tmp_path):
-    write_dicom_variant(PICTURE, tmp_path / "source.dcm")
-    source = pydicom.dcmread(tmp_path / "source.dcm")
-    source.PatientName, source.AccessionNumber = "Doe^John", "ACC42"
-    ds = write_secondary_capture(RGB, tmp_path / "overlay.dcm", source)
-    assert ds.PatientName == "Doe^John" and ds.AccessionNumber == "ACC42"
-    with pytest.raises(ValueError, match="SOPInstanceUID"):
-        write_secondary_capture(RGB, tmp_path / "bad.dcm", {"StudyInstanceUID": "1.2.3", "SOPClassUID": "1.2.3"})
 
 
 def _save(ds: Dataset, path) -> None:

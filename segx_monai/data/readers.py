@@ -140,9 +140,17 @@ def original_size(image) -> torch.Tensor:
     return torch.as_tensor(shape if shape is not None else image.shape[-2:]).reshape(2)
 
 
-def rgb_reader(image_size: int | Sequence[int] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> PictureReader:
-    """Colour images (JPEG/PNG, any PIL mode: CMYK, palette, 8- or 16-bit grey) as ``(rows, cols, 3)`` RGB in 0-255."""
-    return PictureReader(to_rgb, image_size, max_image_pixels)
+def rgb_reader(image_size: int | Sequence[int] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> ImageFileReader:
+    """Colour images (JPEG/PNG, any PIL mode: CMYK, palette, 8- or 16-bit grey; DICOM, grey or colour) as
+    ``(rows, cols, 3)`` RGB in 0-255."""
+    return ImageFileReader(image_size, max_image_pixels, to_rgb, dicom_as_rgb)
+
+
+def dicom_as_rgb(picture: np.ndarray) -> np.ndarray:
+    """A DICOM picture in [0, 1], grey ``(rows, cols)`` or colour ``(rows, cols, 3)``, as 8-bit RGB, as ``to_rgb``
+    gives a PIL picture."""
+    picture = np.rint(np.asarray(picture) * 255).astype(np.uint8)
+    return np.repeat(picture[..., None], 3, axis=-1) if picture.ndim == 2 else picture
 
 
 def mask_reader(max_image_pixels: int = MAX_IMAGE_PIXELS) -> PictureReader:
@@ -150,19 +158,22 @@ def mask_reader(max_image_pixels: int = MAX_IMAGE_PIXELS) -> PictureReader:
     return PictureReader(binary_mask, None, max_image_pixels)
 
 
-class XRayReader(ImageReader):
-    """Chest X-ray files to one [0, 1] channel in numpy order: DICOM (``.dcm`` or a DICM preamble) by
-    :class:`DicomReader` (rescale, VOI LUT or window, MONOCHROME1 inversion, so a DICOM and the PNG exported from it
-    give the same array), anything else (PNG, JPEG) by PIL.
+class ImageFileReader(ImageReader):
+    """Image files in numpy order: DICOM (``.dcm`` or a DICM preamble) by :class:`DicomReader` (rescale, VOI LUT or
+    window, MONOCHROME1 inversion, so a DICOM and the PNG exported from it give the same array) then ``dicom_picture``,
+    anything else (PNG, JPEG) by PIL then ``converter``; by default one [0, 1] channel (chest X-rays).
 
     One reader that picks by content, rather than MONAI's list of readers, which tries each in turn and logs every
     PNG's failed DICOM attempt.
     """
 
-    def __init__(self, image_size: int | Sequence[int] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self, image_size: int | Sequence[int] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
+        converter=unit_grayscale, dicom_picture=None,
+    ) -> None:
         super().__init__()
-        self.dicom = DicomReader()
-        self.picture = PictureReader(unit_grayscale, image_size, max_image_pixels)
+        self.dicom, self.dicom_picture = DicomReader(), dicom_picture
+        self.picture = PictureReader(converter, image_size, max_image_pixels)
 
     def _reader(self, filename) -> ImageReader:
         return self.dicom if self.dicom.verify_suffix(filename) else self.picture
@@ -181,10 +192,14 @@ class XRayReader(ImageReader):
                 frames = int(ds.get("NumberOfFrames", 1) or 1)
                 check_pixels(ds.filename, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)) * frames, self.picture.max_image_pixels)
         array, meta = reader.get_data(image)
-        if reader is self.dicom and array.ndim == 2 and self.picture.min_size is not None:  # reduced like a picture, so a DICOM and its PNG still match
-            reduced = np.asarray(_reduce(Image.fromarray(array.astype(np.float32)), self.picture.min_size))
-            factors = np.asarray(array.shape) / np.asarray(reduced.shape)  # pixel spacing grows by the reduction
-            meta.update({SOURCE_SHAPE: np.asarray(array.shape), "spatial_shape": np.asarray(reduced.shape)})
+        if reader is self.dicom and self.dicom_picture is not None:
+            array = self.dicom_picture(array)
+            meta["original_channel_dim"] = "no_channel" if array.ndim == 2 else -1
+        # reduced like a picture, so a DICOM and its PNG still match (PIL reduces float grey and 8-bit colour)
+        if reader is self.dicom and (array.ndim == 2 or array.dtype == np.uint8) and self.picture.min_size is not None:
+            reduced = np.asarray(_reduce(Image.fromarray(array if array.ndim == 3 else array.astype(np.float32)), self.picture.min_size))
+            factors = np.asarray(array.shape[:2]) / np.asarray(reduced.shape[:2])  # pixel spacing grows by the reduction
+            meta.update({SOURCE_SHAPE: np.asarray(array.shape[:2]), "spatial_shape": np.asarray(reduced.shape[:2])})
             meta["affine"] = meta["affine"] @ np.diag([*factors, 1.0, 1.0])
             array = reduced
         return array, meta
@@ -192,4 +207,4 @@ class XRayReader(ImageReader):
 
 def xray_readers(image_size: int | Sequence[int] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> list[ImageReader]:
     """The readers of the chest bundle's images (a list, as ``LoadImaged(reader=...)`` takes it)."""
-    return [XRayReader(image_size, max_image_pixels)]
+    return [ImageFileReader(image_size, max_image_pixels)]

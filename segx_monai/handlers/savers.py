@@ -1,4 +1,5 @@
-"""Write each explained pair's maps (NIfTI and PNG) and an overlay strip a clinician can read at a glance."""
+"""Write each explained pair's maps (NIfTI and PNG) and an overlay strip a clinician can read at a glance (DICOM results:
+``segx_monai.handlers.dicom_results``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import matplotlib
 import nibabel as nib
 import numpy as np
-import pydicom
 import torch
 from ignite.engine import Engine
 from monai.transforms import LabelToContour
@@ -19,8 +19,6 @@ from segx_monai.explainers import explainer_class
 from segx_monai.explainers.base import InputAttributionExplainer
 from segx_monai.handlers.contract import SAVED_MAPS, Columns, OutputKeys, map_stem, pair_stem
 from segx_monai.handlers.writers import IterationHandler, item_rows
-from segx_monai.io.dicom import is_dicom
-from segx_monai.io.dicom_writer import write_secondary_capture
 
 _COLORMAP = matplotlib.colormaps["jet"]
 PANELS = ("image", "raw", "region", "SegX")  # the overlay strip's panels, left to right, labelled in its top band
@@ -157,28 +155,3 @@ class ExplanationSaver(IterationHandler):
                     strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
                     panels = PANELS if counterfactual is None else COUNTERFACTUAL_PANELS
                     Image.fromarray(labelled(strip, panels)).save(self.output_dir / "overlays" / f"{pair_stem(image_id, finding)}.png")
-
-
-class DicomOverlayWriter(IterationHandler):
-    """For each explained DICOM input, writes the image | SegX overlay as a Secondary Capture in a new series of the
-    source study (``<id>[_<finding>]_segx.dcm``), referencing the source image, so the map can go to a PACS."""
-
-    requires = (OutputKeys.IMAGE, OutputKeys.MAP, OutputKeys.SEGX_MAP)
-
-    def __init__(self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], path_key: str = "image_path", id_key: str = Columns.IMAGE_ID) -> None:
-        self.output_dir, self.mean, self.std, self.path_key, self.id_key = Path(output_dir), mean, std, path_key, id_key
-
-    def __call__(self, engine: Engine) -> None:
-        for batch_item, item in self.items(engine):
-            source = batch_item.get(self.path_key)
-            if source is None or not is_dicom(source):
-                continue
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            header = pydicom.dcmread(source, stop_before_pixels=True)
-            picture = display_image(item[OutputKeys.IMAGE], self.mean, self.std)
-            for n, row in enumerate(item_rows(item)[: item[OutputKeys.MAP].shape[0]]):
-                segx_map = item[OutputKeys.SEGX_MAP][n, 0].float().cpu().numpy()
-                overlay = np.concatenate([picture, heat_overlay(picture, scaled_to_max(segx_map))], axis=1)
-                finding = row.get(Columns.FINDING)
-                write_secondary_capture(np.ascontiguousarray(overlay), self.output_dir / f"{pair_stem(batch_item[self.id_key], finding)}_segx.dcm",
-                                        header, series_description=f"SegX overlay{' ' + finding if finding else ''}")

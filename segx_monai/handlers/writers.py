@@ -207,6 +207,10 @@ class MaskWriter(IterationHandler):
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for batch_item, item in self.items(engine):
-            prob = resize_maps(item[self.key].detach().float().cpu()[None], batch_item.get(self.size_key))[0]
-            mask = (prob[0] > self.threshold).numpy().astype(np.uint8) * 255
-            Image.fromarray(mask).save(self.output_dir / f"{batch_item[self.id_key]}{self.suffix}.png")
+            mask = mask_at_size(item[self.key], batch_item.get(self.size_key), self.threshold)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(self.output_dir / f"{batch_item[self.id_key]}{self.suffix}.png")
+
+
+def mask_at_size(prob: torch.Tensor, size, threshold: float) -> np.ndarray:
+    """A ``(1, *spatial)`` probability resampled to ``size`` (the image's original size; None: as it is), ``> threshold``."""
+    return (resize_maps(prob.detach().float().cpu()[None], size)[0, 0] > threshold).numpy()

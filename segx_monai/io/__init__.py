@@ -1,7 +1,7 @@
 """Image input/output beyond MONAI's readers: 2D DICOM (chest X-ray, dermoscopy) in and out."""
 
 from segx_monai.io.dicom import DicomReader, DicomReadError, dicom_datalist, is_dicom, read_dicom
-from segx_monai.io.dicom_writer import write_dicom_variant, write_secondary_capture
+from segx_monai.io.dicom_writer import write_dicom_variant
 
 __all__ = [
     "DicomReadError",
@@ -10,5 +10,4 @@ __all__ = [
     "is_dicom",
     "read_dicom",
     "write_dicom_variant",
-    "write_secondary_capture",
 ]

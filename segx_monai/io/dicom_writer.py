@@ -1,5 +1,5 @@
-"""Write pictures as DICOM: grayscale radiographs in the encodings clinical archives hold, and SegX overlays
-as Secondary Capture images in the study of the source image.
+"""Write pictures as DICOM: grayscale radiographs in the encodings clinical archives hold (the results written back
+to a study are in ``segx_monai.io.dicom_results``).
 
 :func:`write_dicom_variant` is the inverse of :func:`segx_monai.io.dicom.read_dicom`: the stored values are
 chosen so that reading the file back gives the picture (exactly up to the stored bit depth for lossless
@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -28,12 +27,11 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
-    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from pydicom.valuerep import DSfloat
 
-__all__ = ["TRANSFER_SYNTAXES", "write_dicom_variant", "write_secondary_capture"]
+__all__ = ["TRANSFER_SYNTAXES", "set_patient_study", "write_dicom_variant"]
 
 TRANSFER_SYNTAXES = {
     "explicit_le": ExplicitVRLittleEndian,
@@ -111,7 +109,7 @@ def write_dicom_variant(
     stored = _stored_values(picture, bits, signed, window, voi_lut, rescale or (1.0, 0.0))
 
     ds = Dataset()
-    _set_patient_study(ds, {"PatientID": patient_id, "StudyInstanceUID": study_uid or generate_uid()})
+    set_patient_study(ds, {"PatientID": patient_id, "StudyInstanceUID": study_uid or generate_uid()})
     ds.SOPClassUID = SOP_CLASSES[modality]
     ds.SOPInstanceUID = sop_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
@@ -138,47 +136,7 @@ def write_dicom_variant(
     return ds
 
 
-def write_secondary_capture(
-    rgb: np.ndarray, path: str | os.PathLike, source_meta: Mapping | Dataset, series_description: str = "SegX overlay"
-) -> Dataset:
-    """Write an RGB uint8 overlay as a Secondary Capture image in a new series of the source image's study.
-
-    `source_meta` is the source dataset, or the metadata of :func:`~segx_monai.io.dicom.read_dicom` or
-    ``DicomReader``; it must give StudyInstanceUID, SOPClassUID and SOPInstanceUID of the source image,
-    which the overlay references so that a PACS files and links it. Returns the written dataset.
-    """
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected an RGB uint8 array (rows, columns, 3), got {rgb.dtype} {rgb.shape}")
-    missing = [k for k in ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID") if not source_meta.get(k)]
-    if missing:
-        raise ValueError(f"source_meta lacks {missing} of the source image")
-
-    ds = Dataset()
-    if source_meta.get("SpecificCharacterSet"):
-        ds.SpecificCharacterSet = source_meta.get("SpecificCharacterSet")
-    _set_patient_study(ds, source_meta)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesDescription = series_description
-    ds.Modality = "OT"
-    ds.ConversionType = "WSD"
-    ds.SeriesNumber = None
-    ds.InstanceNumber = 1
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = "SegX explanation overlaid on the source image"
-    for sequence in ("ReferencedImageSequence", "SourceImageSequence"):
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = str(source_meta.get("SOPClassUID"))
-        reference.ReferencedSOPInstanceUID = str(source_meta.get("SOPInstanceUID"))
-        setattr(ds, sequence, [reference])
-    ds.set_pixel_data(rgb, "RGB", 8, generate_instance_uid=False)
-    ds.save_as(path, enforce_file_format=True)
-    return ds
-
-
-def _set_patient_study(ds: Dataset, source: Mapping | Dataset) -> None:
+def set_patient_study(ds: Dataset, source: dict | Dataset) -> None:
     """Copy the patient and study attributes, empty where `source` lacks them, so the object files under that study."""
     for keyword in PATIENT_STUDY_KEYWORDS:
         setattr(ds, keyword, source.get(keyword) or None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -16,12 +17,17 @@ import ignite.distributed as idist
 logger = logging.getLogger(__name__)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """``path.write_text(text)`` through a file beside it renamed into place: a kill leaves the old text or the new."""
+def replace_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """``write(partial)`` to a file beside ``path``, then renamed into place: a kill leaves the old file or the new."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
+    write(partial)
     os.replace(partial, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``path.write_text(text)`` through a file beside it renamed into place: a kill leaves the old text or the new."""
+    replace_atomic(path, lambda partial: partial.write_text(text))
 
 
 class StagedDirectory:
