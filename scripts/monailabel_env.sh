@@ -13,12 +13,13 @@ python=${PYTHON:-python3}
 # MONAI Label 0.8.5 needs pydicom 2 (pydicom-seg imports a module pydicom 3 removed), numpy 1 (numpymaxflow,
 # pydicom-seg) and jsonschema 3 (pydicom-seg); the DICOM decoder plugins this package pins for pydicom 3 need numpy 2,
 # so here they are the pydicom 2 ones (RLE by pydicom's own decoder: pylibjpeg-rle 1 has no wheel), and jsonschema (only the bundle conformance check uses it) is MONAI Label's.
-# dicomweb-client: MONAI Label pins 0.59.1, which meets this package's >=0.59. pylibjpeg 1 imports pkg_resources, gone from setuptools 81. torch/torchvision: the registry's pair (CUDA builds, they run on CPU).
+# dicomweb-client: MONAI Label pins 0.59.1, which meets this package's >=0.59. highdicom (DICOM results) needs pydicom 3: left
+# out, the MONAI Label tasks do not write DICOM results. pylibjpeg 1 imports pkg_resources, gone from setuptools 81. torch/torchvision: the registry's pair (CUDA builds, they run on CPU).
 pins=(monailabel==0.8.5 torch==2.14.1 torchvision==0.29.2 "pydicom<3" "pynetdicom<3" dicomweb-client==0.59.1
   "pylibjpeg<2" "pylibjpeg-libjpeg<2" "pylibjpeg-openjpeg<2" "setuptools<81")
 mapfile -t deps < <("$python" -c 'import re, sys, tomllib
 for dep in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
-    if not re.match(r"(pydicom|pylibjpeg|pyjpegls|jsonschema|dicomweb-client)\b", dep): print(dep)' "$repo/pyproject.toml")
+    if not re.match(r"(pydicom|pylibjpeg|pyjpegls|jsonschema|dicomweb-client|highdicom)\b", dep): print(dep)' "$repo/pyproject.toml")
 want=$(printf '%s\n' "${pins[@]}" "${deps[@]}" | sha256sum | cut -c1-16)
 
 if [[ "$(cat "$venv/.segx-requirements" 2>/dev/null)" != "$want" ]]; then
