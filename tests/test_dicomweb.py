@@ -12,13 +12,14 @@ import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from monai.bundle import ConfigParser
-from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from conftest import CHEST_CONFIGS, INFER, chest_workflow, run_workflow
 from orthanc import dicomweb_url, own_orthanc  # noqa: F401  (fixtures)
 from segx_monai.data.datalist import image_items
 from segx_monai.io.dicom import read_dicom
-from segx_monai.io.dicom_writer import write_dicom_variant, write_secondary_capture
+from segx_monai.io.dicom_results import overlay_capture, save_atomic
+from segx_monai.io.dicom_writer import write_dicom_variant
 from segx_monai.io.dicomweb import DicomwebError, DicomwebUnreachable, fetch_studies, store_studies
 
 PICTURE = (np.add.outer(np.arange(64), 3 * np.arange(64)) % 256).astype(np.uint8)  # 64x64, not symmetric
@@ -92,10 +93,12 @@ def test_only_the_radiographs_series_are_fetched_unless_asked(dicomweb_url, tmp_
     """Results stored beside a radiograph (a Secondary Capture, modality OT) are not inferred again; modalities None
     fetches every series; a study without a radiograph is an error naming it."""
     study, files = write_study(tmp_path / "study", 1)
-    overlay = tmp_path / "study" / "overlay.dcm"
-    write_secondary_capture(np.zeros((64, 128, 3), np.uint8), overlay, pydicom.dcmread(files[0]))
-    alone = tmp_path / "alone.dcm"
-    write_secondary_capture(np.zeros((64, 128, 3), np.uint8), alone, {**read_dicom(files[0])[1], "StudyInstanceUID": generate_uid()})
+    source, other_study = pydicom.dcmread(files[0]), pydicom.dcmread(files[0])
+    other_study.StudyInstanceUID = generate_uid()
+    overlay, alone = tmp_path / "study" / "overlay.dcm", tmp_path / "alone.dcm"
+    for study_source, path in ((source, overlay), (other_study, alone)):
+        rgb = np.zeros((study_source.Rows, study_source.Columns, 3), np.uint8)
+        save_atomic(overlay_capture(study_source, rgb, finding=None, series_uid=generate_uid()), path)
     push(dicomweb_url, *files, overlay, alone)
     series = {ds.SeriesInstanceUID: ds.Modality for ds in map(pydicom.dcmread, [*files, overlay])}
     for modalities, expected in ((("CR", "DX"), ["DX"]), (None, ["DX", "OT"])):
@@ -211,6 +214,6 @@ def test_chest_inference_reads_a_dicomweb_server_and_stores_its_results_there(tr
         assert [(s["fold"], s["file"]) for s in skipped] == [("dicomweb", f"{url} study {bad}")] and "no Pixel Data" in skipped[0]["cause"]
         for study, source in studies.items():
             on_server = held(url, study)
-            results = {uid for uid, sop_class in on_server.items() if sop_class == SecondaryCaptureImageStorage}
+            results = set(on_server) - {source}  # the Segmentation, Parametric Maps and report of the study
             written = {pydicom.dcmread(p).SOPInstanceUID for p in (out / "dicom").rglob("*.dcm") if pydicom.dcmread(p).StudyInstanceUID == study}
             assert source in on_server and written and results == (written if store else set())
