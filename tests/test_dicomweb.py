@@ -19,7 +19,7 @@ from orthanc import dicomweb_url, own_orthanc  # noqa: F401  (fixtures)
 from segx_monai.data.datalist import image_items
 from segx_monai.io.dicom import read_dicom
 from segx_monai.io.dicom_results import overlay_capture, save_atomic
-from segx_monai.io.dicom_writer import write_dicom_variant
+from segx_monai.io.dicom_writer import TRANSFER_SYNTAXES, write_dicom_variant
 from segx_monai.io.dicomweb import DicomwebError, DicomwebUnreachable, fetch_studies, store_studies
 
 PICTURE = (np.add.outer(np.arange(64), 3 * np.arange(64)) % 256).astype(np.uint8)  # 64x64, not symmetric
@@ -87,6 +87,20 @@ def test_fetched_studies_are_laid_out_and_read_as_the_folder_input(dicomweb_url,
     everything = fetch_studies(dicomweb_url, tmp_path / "all", skip_bad=True)  # the shared server may hold bad studies
     listed = {pydicom.Dataset.from_json(s).StudyInstanceUID for s in DICOMwebClient(dicomweb_url).search_for_studies()}
     assert {study_a, study_b} <= set(everything.studies) and set(everything.studies) | {s["file"].split()[-1] for s in everything.skipped} == listed
+
+
+def test_every_transfer_syntax_is_fetched_as_stored(dicomweb_url, tmp_path):
+    """Compressed radiographs (JPEG 2000, JPEG-LS, RLE, ...) come back in the transfer syntax the server holds, the same
+    pictures: a server that cannot transcode them (Orthanc without JPEG 2000) would refuse a request for another."""
+    studies = {syntax: write_study(tmp_path / syntax, 1, transfer_syntax=syntax) for syntax in TRANSFER_SYNTAXES}
+    push(dicomweb_url, *(f for _, files in studies.values() for f in files))
+    fetched = fetch_studies(dicomweb_url, tmp_path / "fetched", [study for study, _ in studies.values()])
+    assert len(fetched.studies) == len(TRANSFER_SYNTAXES)
+    for syntax, (study, (source,)) in studies.items():
+        ds = pydicom.dcmread(source)
+        copy = tmp_path / "fetched" / study / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert pydicom.dcmread(copy).file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[syntax], syntax
+        np.testing.assert_array_equal(read_dicom(copy)[0], read_dicom(source)[0])
 
 
 def test_only_the_radiographs_series_are_fetched_unless_asked(dicomweb_url, tmp_path):

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 ORTHANC_DICOMWEB_ROOT = "/dicom-web"  # the Orthanc DICOMweb plugin's default root, below Orthanc's REST API root
 IMAGE_MODALITIES = ("CR", "DX")  # radiographs; the results stored back are SEG, SR and OT (Parametric Map, Secondary Capture)
+# WADO-RS in the transfer syntax the server holds (the bundles decode them all): by default dicomweb-client asks for
+# Explicit VR Little Endian, which a server that cannot transcode (Orthanc without JPEG 2000) refuses with HTTP 500
+AS_STORED = (("application/dicom", "*"),)
 UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -108,7 +111,7 @@ def _fetch_study(client: DICOMwebClient, url: str, study: str, folder: Path, mod
                             f"{', '.join(sorted({str(s.get('Modality', '?')) for s in found}))}")
     for series in series_uids:
         where = f"{url}: study {study}, series {series}"
-        for ds in _ask(url, study, client.retrieve_series, study_instance_uid=study, series_instance_uid=series):
+        for ds in _ask(url, study, client.retrieve_series, study_instance_uid=study, series_instance_uid=series, media_types=AS_STORED):
             path = folder / series / f"{ds.SOPInstanceUID}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
