@@ -48,9 +48,9 @@ def test_interpretation_rows_per_predicted_finding(trained_chest_bundle, chest_d
 
 def test_inference_on_a_dicom_folder_writes_seg_parametric_maps_and_reports(trained_chest_bundle, chest_dir, tmp_path):
     out = tmp_path / "inference"
+    sources = sorted(p for p in (chest_dir / "dicom").iterdir() if is_dicom(p))[:8]  # a sample of the encodings the set rotates through
     run_workflow(chest_workflow(trained_chest_bundle, chest_dir, ["inference.yaml"], workflow_type="infer",
-                                input=str(chest_dir / "dicom"), inference_dir=str(out), finding_thresholds=[0.0] * 10))
-    sources = sorted(p for p in (chest_dir / "dicom").iterdir() if is_dicom(p))
+                                input=[str(p) for p in sources], inference_dir=str(out), finding_thresholds=[0.0] * 10))
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted({r["image_id"] for r in rows}) == sorted(p.stem for p in sources)
     source = pydicom.dcmread(sources[0])
