@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -23,6 +24,7 @@ from segx_monai.handlers.contract import Columns, OutputKeys
 from segx_monai.handlers.dicom_results import DicomResultsError, DicomResultsWriter
 from segx_monai.io import dicom_results as dr
 from segx_monai.io.dicom_writer import write_dicom_variant
+from test_run_safety import kill, wait_for
 
 ROWS, COLUMNS = 48, 80  # non-square
 REPO = Path(__file__).resolve().parents[1]
@@ -281,3 +283,40 @@ def test_handler_error_names_the_input_and_its_study(tmp_path):
     assert not list((tmp_path / "dicom").rglob("*.dcm"))
     with pytest.raises(ValueError, match="unknown region 'heart'"):
         DicomResultsWriter(tmp_path / "dicom", region="heart", explainer="gradcam")
+
+
+KILLED_WRITER = """
+import sys
+import numpy as np
+import pydicom
+from segx_monai.io.dicom_results import save_atomic
+ds = pydicom.dcmread(sys.argv[1])
+n = 0
+while True:  # rewrites the object with ever larger pixel data until killed
+    n += 1
+    ds.FloatPixelData = np.full(ds.Rows * ds.Columns * n, n, np.float32).tobytes()
+    save_atomic(ds, sys.argv[2])
+    print(n, flush=True)
+"""
+
+
+def test_a_result_killed_while_written_leaves_the_previous_complete_file(tmp_path):
+    """SIGKILL during rewrites of a Parametric Map: the file read back is always a whole earlier version."""
+    source = _source(tmp_path, "dx")
+    pm = dr.segx_parametric_map(source, np.ones((source.Rows, source.Columns), np.float32), explainer="gradcam",
+                                finding="Nodule", series_uid=hd.UID())
+    first, path = tmp_path / "first.dcm", tmp_path / "result_pm.dcm"
+    dr.save_atomic(pm, first)
+    shutil.copy(first, path)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(first), str(path)], stdout=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        for _ in range(40):  # some rewrites done
+            child.stdout.readline()
+        size = path.stat().st_size
+        wait_for(lambda: path.stat().st_size != size, child, timeout=60, poll=0)  # the next one reaches the file
+    finally:
+        kill(child)
+    written = pydicom.dcmread(path)
+    n = int(np.frombuffer(written.FloatPixelData, np.float32)[0])
+    assert n >= 1 and len(written.FloatPixelData) == 4 * written.Rows * written.Columns * n  # whole, not cut

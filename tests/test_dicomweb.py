@@ -155,9 +155,12 @@ def test_an_unreachable_server_is_an_error_naming_it_also_when_skipping(tmp_path
 
 
 def test_stored_studies_are_queried_back(dicomweb_url, tmp_path):
-    """One STOW-RS per study; only the studies asked for; QIDO-RS lists every instance with its SOP class."""
+    """One STOW-RS per study; only the studies asked for, not a killed write's partial file; QIDO-RS lists every
+    instance with its SOP class."""
     study_a, files_a = write_study(tmp_path / "results" / "a", 2)
     study_b, files_b = write_study(tmp_path / "results" / "b", 1)
+    partial = tmp_path / "results" / "a" / f".{files_a[0].name}.123.partial"  # what a write killed midway leaves
+    partial.write_bytes(files_a[0].read_bytes()[:300])
     stored = store_studies(dicomweb_url, tmp_path / "results", [study_a])
     assert stored.studies == [study_a] and stored.skipped == []
     assert held(dicomweb_url, study_a) == {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f).SOPClassUID for f in files_a}

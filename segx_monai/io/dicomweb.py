@@ -157,7 +157,8 @@ def _studies_in(folder: Path, study_uids: Sequence[str] | None) -> dict[str, lis
     if folder.is_file():
         raise DicomwebError(f"{folder}: a file; expected the folder of DICOM files to store")
     studies: dict[str, list[Dataset] | DicomwebError] = defaultdict(list)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_dicom(p)):
+    # hidden files are the partial writes a killed run may leave (segx_monai.utils.staging), not results
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and is_dicom(p)):
         try:
             ds = pydicom.dcmread(path)
         except Exception as err:  # pydicom reports malformed files with many exception types
