@@ -68,6 +68,13 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return path.suffix.lower() in DICOM_SUFFIXES or (path.is_file() and has_dicm_prefix(path))
 
 
+def pixel_spacing(header: Dataset | dict) -> list[float]:
+    """The (row, column) pixel spacing in mm of a DICOM header (a dataset, or :func:`read_dicom`'s metadata): Pixel
+    Spacing, else Imager Pixel Spacing (CR/DX), else 1 mm (a photograph without calibration)."""
+    spacing = next((header.get(key) for key in SPACING_KEYWORDS if header.get(key)), (1.0, 1.0))
+    return [float(v) for v in spacing]
+
+
 def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """Read a 2D DICOM image as float32 in [0, 1], (rows, columns) or (rows, columns, 3), and its metadata.
 
@@ -134,8 +141,7 @@ class DicomReader(ImageReader):
         for ds in img if isinstance(img, (list, tuple)) else [img]:
             array, dicom_meta = _decode(ds)
             header = {key: _as_text(value) for key, value in dicom_meta.items()}
-            spacing = dicom_meta["PixelSpacing"] or dicom_meta["ImagerPixelSpacing"] or (1.0, 1.0)
-            affine = np.diag([*spacing, 1.0, 1.0])
+            affine = np.diag([*pixel_spacing(dicom_meta), 1.0, 1.0])
             header.update(
                 spatial_shape=np.asarray(array.shape[:2]),
                 original_channel_dim="no_channel" if array.ndim == 2 else -1,

@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import segx_monai
 from segx_monai.handlers.contract import CERTAINTY_SCORE_NAMES, CERTAINTY_SCORES, Columns
+from segx_monai.io.dicom import pixel_spacing
 from segx_monai.io.dicom_writer import set_patient_study
 from segx_monai.utils.staging import replace_atomic
 
@@ -118,13 +119,6 @@ def _equipment(series: Series) -> dict:
 _ENHANCED_EQUIPMENT = {"manufacturer_model_name": MANUFACTURER, "device_serial_number": "0"}
 
 
-def _spacing(source: Dataset) -> list[float]:
-    """The source's (row, column) pixel spacing in mm: Pixel Spacing, else Imager Pixel Spacing (CR/DX), else 1 mm
-    (a photograph without calibration)."""
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing") or (1.0, 1.0)
-    return [float(v) for v in spacing]
-
-
 # patient direction letters (PS3.3 C.7.6.1.1.1) as unit vectors of the patient coordinate system (LPS)
 _DIRECTIONS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1)}
 
@@ -150,7 +144,7 @@ def image_plane(source: Dataset) -> Dataset:
     plane.ImagePositionPatient = [0.0, 0.0, 0.0]
     letters = _orientation(source) or ("L", "P")  # an unknown orientation: the identity
     plane.ImageOrientationPatient = [*_DIRECTIONS[letters[0]], *_DIRECTIONS[letters[1]]]
-    plane.PixelSpacing = _spacing(source)
+    plane.PixelSpacing = pixel_spacing(source)
     plane.SliceThickness = 1.0  # a projection has no slice; highdicom's readers need a thickness
     return plane
 
@@ -219,7 +213,7 @@ def overlay_capture(source: Dataset, rgb: np.ndarray, *, finding: str | None, se
     sc = hd.sc.SCImage.from_ref_dataset(
         source_header(source), np.ascontiguousarray(rgb), hd.PhotometricInterpretationValues.RGB, 8, hd.CoordinateSystemNames.PATIENT,
         series_uid, series.number, hd.UID(), instance_number,
-        pixel_spacing=tuple(_spacing(source)), patient_orientation=orientation, transfer_syntax_uid=ExplicitVRLittleEndian,
+        pixel_spacing=tuple(pixel_spacing(source)), patient_orientation=orientation, transfer_syntax_uid=ExplicitVRLittleEndian,
         **{**_equipment(series), "series_description": f"{series.description}{' ' + finding if finding else ''}"})
     # what highdicom's SCImage does not set: the image is derived, says from what, and references its source
     sc.ImageType = ["DERIVED", "SECONDARY"]
@@ -278,7 +272,7 @@ def _library_entry(source: Dataset) -> Dataset | None:
     if source.get("Modality") in _PROJECTION:
         if len(source.get("PatientOrientation") or ()) != 2:
             return None
-        entry.ImagerPixelSpacing = _spacing(source)
+        entry.ImagerPixelSpacing = pixel_spacing(source)
     return entry
 
 
