@@ -63,8 +63,10 @@ class DicomResultsWriter(IterationHandler):
     def _placement(self, source: pydicom.Dataset, kind: str) -> dict:
         """The series UID and next instance number of ``kind`` objects in the source's study."""
         key = (str(source.StudyInstanceUID), kind)
+        if key not in self._series:
+            self._series[key] = hd.UID()
         self._instances[key] += 1
-        return {"series_uid": self._series.setdefault(key, hd.UID()), "instance_number": self._instances[key]}
+        return {"series_uid": self._series[key], "instance_number": self._instances[key]}
 
     def _save(self, ds: pydicom.Dataset, source: pydicom.Dataset, name: str) -> None:
         dicom_results.save_atomic(ds, dicom_results.write_path(self.output_dir, source, name))
@@ -91,9 +93,9 @@ class DicomResultsWriter(IterationHandler):
         study = str(source.StudyInstanceUID)
         self._sources[study].append(source)
         picture = None
-        for n, row in enumerate(item_rows(item)[: item[OutputKeys.SEGX_MAP].shape[0]]):
+        segx_maps = resize_maps(item[OutputKeys.SEGX_MAP].detach().float().cpu(), size)[:, 0].numpy()  # every pair at once
+        for row, segx_map in zip(item_rows(item), segx_maps):
             finding = row.get(Columns.FINDING) or row.get(Columns.PREDICTION)
-            segx_map = resize_maps(item[OutputKeys.SEGX_MAP][n : n + 1].detach().float().cpu(), size)[0, 0].numpy()
             pm = dicom_results.segx_parametric_map(source, segx_map, explainer=self.explainer, finding=finding,
                                                    **self._placement(source, "pm"))
             stem = pair_stem(image_id, row.get(Columns.FINDING))
