@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.data import ImageReader, PILReader
+from monai.transforms import AsDiscreted, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized
 from monai.utils import ensure_tuple
 from PIL import Image
 
@@ -156,6 +157,19 @@ def dicom_as_rgb(picture: np.ndarray) -> np.ndarray:
 def mask_reader(max_image_pixels: int = MAX_IMAGE_PIXELS) -> PictureReader:
     """Mask images (0/1 or 0/255, any PIL mode) as single-channel 0/255 ``(rows, cols)``, never reduced."""
     return PictureReader(binary_mask, None, max_image_pixels)
+
+
+def load_mask(keys: str | Sequence[str], image_size: int, max_image_pixels: int = MAX_IMAGE_PIXELS, threshold: int = 127) -> list:
+    """Transforms loading region masks under ``keys`` as the networks see their image: ``(1, size, size)`` 0/1,
+    nearest-resized; a pixel >= ``threshold`` (of 0/255) is in the region. The segmenter's labels, a guided
+    classifier's regions."""
+    return [
+        LoadImaged(keys, reader=mask_reader(max_image_pixels), image_only=True),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        Resized(keys, spatial_size=(image_size, image_size), mode="nearest"),
+        AsDiscreted(keys, threshold=threshold),
+        EnsureTyped(keys, track_meta=False),
+    ]
 
 
 class ImageFileReader(ImageReader):

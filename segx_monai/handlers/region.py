@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer
-from monai.networks.utils import eval_mode
 
 from segx_monai.handlers.contract import OutputKeys
 from segx_monai.handlers.writers import IterationHandler
+from segx_monai.networks.segmenters import region_probability
 
 
 class RegionSegmentation(IterationHandler):
@@ -33,9 +33,6 @@ class RegionSegmentation(IterationHandler):
     def __call__(self, engine: Engine) -> None:
         items = self.output(engine)
         images = torch.stack([item[self.image_key] for item in items])
-        with eval_mode(self.segmenter), torch.no_grad():
-            logits = self.inferer(images, self.segmenter)
-        probs = logits.softmax(1) if logits.shape[1] > 1 else logits.sigmoid()
-        region = probs[:, self.region_channel : self.region_channel + 1] if logits.shape[1] > 1 else probs
+        region = region_probability(self.segmenter, images, self.region_channel, self.inferer)
         for item, prob in zip(items, region):
             item[self.output_key] = prob

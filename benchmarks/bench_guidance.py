@@ -1,0 +1,126 @@
+"""Plain vs segmentation-guided classifier, side by side, on the ordinary test fold and on one where the shortcut breaks.
+
+For one bundle: trains a plain DenseNet121 and one guided classifier per ``--weights`` value (each in its own bundle
+root under ``--work``, on the same data and split, with the bundle's trained segmenter copied in), keeps the guided
+weight with the best validation selection score (the bundle's own model-selection metric; the test folds are never
+used to choose), then evaluates and interprets (raw Grad-CAM, review threshold calibrated on validation) every
+classifier on the ordinary test fold and on ``--reversed`` (the same layout, artefact-class association reversed),
+and prints one table: AUROC, balanced accuracy, the raw maps' IoU@q, relevance mass and precision inside the region,
+the share flagged for review by SegU, and training time. Prepare the data and segmenter first (scripts/demo.sh or
+scripts/prepare.sh, which also write the reversed set), e.g.::
+
+    python benchmarks/bench_guidance.py ham_segx --reversed bundles/ham_segx/data/synthetic_reversed --weights 1 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bundle_run(bundle: str, root: Path, run_id: str, configs: list[str], *overrides: str) -> str:
+    """One ``python -m monai.bundle run`` of the bundle's configs with ``root`` as bundle root; its output, or exit."""
+    config_dir = REPO / "bundles" / bundle / "configs"
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--bundle_root", str(root),
+               "--config_file", str([str(config_dir / c) for c in configs]), *overrides]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)}\nfailed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """The scalar rows (no class) of an evaluation's metrics.csv."""
+    with open(path, newline="") as f:
+        return {row["metric"]: float(row["value"]) for row in csv.DictReader(f) if not row.get("class")}
+
+
+def sample_means(path: Path, columns: dict[str, str]) -> dict[str, float]:
+    """Means over the explained rows of an interpretation's samples.csv (empty cells left out)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    means = {}
+    for name, column in columns.items():
+        values = [float(r[column]) for r in rows if r.get(column) not in (None, "", "nan")]
+        means[name] = float(np.mean(values)) if values else float("nan")
+    return means
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bundle", choices=["ham_segx", "chestx_segx"])
+    parser.add_argument("--reversed", required=True, type=Path, help="the shortcut-reversed test set (same layout)")
+    parser.add_argument("--dataset-dir", type=Path, help="default: the bundle's data/synthetic")
+    parser.add_argument("--segmenter", type=Path, help="default: the bundle's models/segmenter.pt")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/segx_guidance"))
+    parser.add_argument("--method", default="gradcam", choices=["input_gradient", "gradcam"])
+    parser.add_argument("--region", default="ground_truth", choices=["ground_truth", "segmenter"])
+    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--max-epochs", type=int, default=5)
+    args = parser.parse_args()
+
+    bundle_dir = REPO / "bundles" / args.bundle
+    dataset = (args.dataset_dir or bundle_dir / "data" / "synthetic").resolve()
+    segmenter = (args.segmenter or bundle_dir / "models" / "segmenter.pt").resolve()
+    # the raw maps against the true region (the lesion, the lungs) and the predicted one (cprecision, SegU's review)
+    columns = {"IoU@q": "iou_at_q_raw", "relevance mass": "relevance_mass_raw",
+               "precision (top q in region)": "cprecision", "flagged": "review"}
+    variants = {"plain": []} | {f"{args.method} w={w:g}": ["--guidance", args.method, "--guidance_weight", str(w),
+                                                         "--guidance_region", args.region] for w in args.weights}
+    results, selection = {}, {}
+    common = ["--dataset_dir", str(dataset), "--max_epochs", str(args.max_epochs)]
+    for name, guidance in variants.items():
+        root = args.work / args.bundle / re.sub(r"[^a-z0-9.]+", "_", name)
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "models").mkdir(parents=True)
+        shutil.copy(segmenter, root / "models" / "segmenter.pt")
+        train = ["inference.yaml", "train_classifier.yaml"]
+        start = time.perf_counter()
+        log = bundle_run(args.bundle, root, "training", train, *common, *guidance)
+        seconds = time.perf_counter() - start
+        selection[name] = float(re.findall(r"best validation \S+ ([-0-9.e]+) at epoch", log)[-1])
+        row = {"training s": seconds, "validation score": selection[name]}
+        for fold, test in (("test", []), ("reversed", ["--test_dataset_dir", str(args.reversed.resolve())])):
+            eval_dir = ["--eval_dir", str(root / "eval" / fold)]
+            bundle_run(args.bundle, root, "evaluating", [*train, "evaluate.yaml"], *common, *test, *eval_dir)
+            metrics = read_metrics(root / "eval" / fold / "metrics.csv")
+            row[f"{fold} AUROC"] = metrics["test_macro_auroc"]
+            row[f"{fold} balanced acc"] = metrics.get("test_balanced_accuracy", float("nan"))
+            interpret = ["inference.yaml", "interpret.yaml"]
+            if fold == "test":
+                bundle_run(args.bundle, root, "calibrating", [*interpret, "calibrate.yaml"], *common, "--sanity_checks", "False")
+            interpret_dir = root / "interpret" / fold
+            bundle_run(args.bundle, root, "interpreting", interpret, *common, *test, *eval_dir, "--sanity_checks", "False",
+                       "--interpret_dir", str(interpret_dir))
+            for metric, value in sample_means(interpret_dir / "samples.csv", columns).items():
+                row[f"{fold} {metric}"] = value
+        results[name] = row
+        print(f"{name}: {json.dumps(row)}", flush=True)
+
+    guided = [n for n in variants if n != "plain"]
+    chosen = max(guided, key=lambda n: selection[n])
+    shown = ["plain", *guided]
+    print(f"\n{args.bundle}, {args.method} guidance from {args.region}; weight chosen on validation: {chosen} "
+          f"(validation selection score {selection[chosen]:.3f})\n")
+    print("| metric | " + " | ".join(shown) + " |")
+    print("|---|" + "---|" * len(shown))
+    for metric in results["plain"]:
+        print(f"| {metric} | " + " | ".join(f"{results[n][metric]:.3f}" for n in shown) + " |")
+    plain_s = results["plain"]["training s"]
+    print("| training time ratio | " + " | ".join(f"{results[n]['training s'] / plain_s:.2f}" for n in shown) + " |")
+    (args.work / f"{args.bundle}_guidance.json").write_text(json.dumps({"chosen": chosen, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
