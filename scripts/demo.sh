@@ -3,6 +3,9 @@
 # the segmenter (scripts/prepare.sh), evaluate both on the test fold, interpret the classifier with SegX/SegU (Grad-CAM
 # and GradientSHAP, each after calibrating its review threshold on the validation fold), run the standalone inference
 # config from the bundle's own folder, and print where the reports are. Re-running resumes finished work.
+# Beside the demo data it also writes a small reversed test set (data/reversed: another seed, every artefact or
+# confounder disagreeing with the class), for evaluating and interpreting the trained models where the shortcut breaks
+# (--test_dataset_dir, see the bundles' docs/README.md); the demo itself does not run them.
 # Usage: [CLASSIFIER=patchnet] [COUNTERFACTUAL=1] scripts/demo.sh [ham|chest|all]. CLASSIFIER (default densenet121) other than DenseNet121:
 # also train that classifier on the same split and compare its explanations with DenseNet121's Grad-CAM, Grad-CAM++ and
 # Eigen-CAM, raw and with SegX (interpret/comparison.html). COUNTERFACTUAL=1: also train COIN's counterfactual generator
@@ -28,6 +31,16 @@ evaluate() {  # bundle-root network [overrides...]: test-fold metrics of a train
   shift 2
   python -m monai.bundle run evaluating --bundle_root "$root" \
     --config_file "['$root/configs/inference.yaml','$root/configs/train_$network.yaml','$root/configs/evaluate.yaml']" "$@"
+}
+
+reversed_set() {  # bundle generator [generator options...]: a small reversed test set beside the demo data, once
+  local data=bundles/$1/data/reversed generator=$2
+  shift 2
+  if [ ! -d "$data" ]; then
+    rm -rf "$data.partial"
+    python -m "$generator" --out "$data.partial" --reversed --seed 1 "$@"
+    mv "$data.partial" "$data"
+  fi
 }
 
 bundle_demo() {  # bundle gradient-shap-draws
@@ -70,8 +83,9 @@ counterfactual() {  # bundle: COIN's generator trained against the frozen DenseN
 # GradientSHAP draws per explanation: the published 50 for the skin bundle; the chest bundle explains every predicted
 # finding (1.3 per image) at twice the skin demo's size, four times the cost per draw: its demo takes 10 (run.json says so)
 # Grad-CAM explains the bundles' default layer, whose map is 8x8 at their default size (64 px skin, 128 px chest)
-ham() { bundle_demo ham_segx 50; }
-chest() { bundle_demo chestx_segx 10; }
+# the reversed sets are as large as the demo sets' test folds
+ham() { reversed_set ham_segx segx_monai.data.synthetic_derm --n-images 140 && bundle_demo ham_segx 50; }
+chest() { reversed_set chestx_segx segx_monai.data.synthetic_chest --n-test 80 --no-dicom && bundle_demo chestx_segx 10; }
 
 case "${1:-ham}" in
   ham) ham ;;
@@ -82,3 +96,5 @@ esac
 echo
 echo "Demo finished. Test metrics: bundles/*/runs/*/eval/metrics.csv; SegX reports:"
 ls -1 "$PWD"/bundles/*/interpret/*/report.html
+echo "Reversed test sets (artefacts against the training association): bundles/*/data/reversed; to evaluate on one,"
+echo "add --test_dataset_dir bundles/<bundle>/data/reversed --eval_dir <folder> (see the bundle's docs/README.md)"

@@ -87,8 +87,8 @@ def test_layout_is_the_real_one(root, annotations):
     assert sorted(p.name for p in (root / "masks").iterdir()) == sorted(names["train"] + names["test"])
     for fold in ("train", "test"):
         det10, det = annotations[f"{fold}.json"], annotations[f"ChestX_Det_{fold}.json"]
-        assert all(list(e) == ["file_name", "syms", "boxes"] for e in det10)
-        assert all(list(e) == ["file_name", "syms", "boxes", "polygons"] for e in det)
+        assert all(list(e) == ["file_name", "syms", "boxes", "artefact"] for e in det10)  # the real fields, then the confounders
+        assert all(list(e) == ["file_name", "syms", "boxes", "polygons", "artefact"] for e in det)
         assert [{k: e[k] for k in det10[0]} for e in det] == det10
         for e in det:
             assert set(e["syms"]) <= set(FINDINGS_DRAWN) and len(e["boxes"]) == len(e["polygons"]) == len(e["syms"])

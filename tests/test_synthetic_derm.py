@@ -51,8 +51,8 @@ def _digests(root: Path) -> dict[str, str]:
 def test_layout_is_the_real_one(root, rows):
     assert sorted(p.name for p in root.iterdir()) == sorted([METADATA_FILE, *IMAGE_FOLDERS, MASK_FOLDER])
     with open(root / METADATA_FILE, newline="") as handle:
-        assert next(csv.reader(handle)) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
-    assert list(METADATA_COLUMNS) == list(rows[0])
+        assert next(csv.reader(handle)) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "artefact"]
+    assert [*METADATA_COLUMNS, "artefact"] == list(rows[0])  # the real columns, then each image's artefact
     ids = [row["image_id"] for row in rows]
     assert len(rows) == N_IMAGES == len(set(ids))
     in_parts = [{p.stem for p in (root / folder).iterdir()} for folder in IMAGE_FOLDERS]

@@ -22,7 +22,7 @@ import pydicom
 from monai.transforms import MapTransform
 from PIL import Image, ImageDraw
 
-from segx_monai.data.datalist import DatasetError, find_files, walk_files, write_datalist_once
+from segx_monai.data.datalist import ARTEFACT_KEY, DatasetError, find_files, walk_files, write_datalist_once
 from segx_monai.data.fingerprint import attach_masks, check_saved_split, make_fingerprint
 from segx_monai.data.readers import original_size
 from segx_monai.data.splits import SPLIT_SEED, VAL_FRACTION, split_by_group
@@ -70,7 +70,8 @@ def _is_number(value) -> bool:
 
 
 def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
-    """One annotation entry as ``{"file_name", "syms", "boxes"[, "polygons"]}`` after checking its fields and names."""
+    """One annotation entry as ``{"file_name", "syms", "boxes"[, "polygons"][, "artefact"]}`` after checking its fields
+    and names; ``artefact`` (beyond the real fields) lists the image's acquisition artefacts."""
     syms, boxes = entry.get("syms"), entry.get("boxes", [])
     if not isinstance(syms, list) or not all(isinstance(s, str) for s in syms):
         raise DatasetError(f"{where}: 'syms' is {syms!r}; expected a list of finding names, empty for no finding.")
@@ -100,6 +101,11 @@ def _check_entry(where: str, entry, findings: Sequence[str]) -> dict:
             if any(min(point) < 0 for point in polygon):
                 raise DatasetError(f"{where}: polygon {str(polygon)[:80]} has a negative coordinate; expected pixel indices of the image, from 0.")
         checked["polygons"] = polygons
+    if ARTEFACT_KEY in entry:
+        artefacts = entry[ARTEFACT_KEY]
+        if not isinstance(artefacts, list) or not all(isinstance(a, str) for a in artefacts):
+            raise DatasetError(f"{where}: {ARTEFACT_KEY!r} is {artefacts!r}; expected a list of artefact names, empty for none.")
+        checked[ARTEFACT_KEY] = artefacts
     return checked
 
 
@@ -273,8 +279,9 @@ def _index_entries(
             "findings": entry["syms"],
             "boxes": entry["boxes"],
         }
-        if "polygons" in entry:
-            item["polygons"] = entry["polygons"]
+        for key in ("polygons", ARTEFACT_KEY):
+            if key in entry:
+                item[key] = entry[key]
         if mask is not None:
             item["lung_mask"] = _relative(mask, root)
         items.append(item)
@@ -309,15 +316,15 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
-def _annotation_file(root: Path, fold: str, given: str | Path | None) -> Path:
-    """The given annotation file, or the one ``train.json`` / ``test.json`` below ``root``."""
+def _annotation_file(root: Path, fold: str, given: str | Path | None, missing_ok: bool = False) -> Path | None:
+    """The given annotation file, or the one ``train.json`` / ``test.json`` below ``root`` (None if ``missing_ok``)."""
     if given is not None:
         if not Path(given).is_file():
             raise DatasetError(f"{fold} annotation file {given} does not exist.")
         return Path(given)
     name = ANNOTATION_FILES[fold]
     found = find_files(root, (name,), by_name=True).get(name)
-    if found is None:
+    if found is None and not missing_ok:
         raise DatasetError(
             f"{root}: no {name} found in it or its sub-folders; expected the ChestX-Det10 layout (train.json, "
             f"test.json, train_data/, test_data/), or pass {fold}_json= (for ChestX-Det: ChestX_Det_{fold}.json, "
@@ -336,8 +343,11 @@ def prepare_chestx_datalist(
     lung_mask_dir: str | Path | None = None,
     skip_bad: bool = False,
     findings: Sequence[str] = CHESTX_DET10_FINDINGS,
+    test_only: bool = False,
 ) -> Path:
     """Index a ChestX-Det10 (or ChestX-Det) folder and write its split to ``datalist_file`` once; return the file.
+    ``test_only``: every image listed in ``train.json`` or ``test.json``, whichever exist, in the test fold instead
+    (an external test set, e.g. a folder with ``test.json`` and ``test_data/`` only; ``seed``, ``val_fraction`` unused).
 
     Items are ``{"image", "image_id", "label" (K floats), "findings", "boxes"[, "polygons"][, "lung_mask"]}``.
     Images are found by file name anywhere below ``dataset_dir`` (``train_data/``, ``test_data/``, any folder), a PNG
@@ -352,16 +362,20 @@ def prepare_chestx_datalist(
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise DatasetError(f"dataset_dir {root} does not exist or is not a folder.")
+        raise DatasetError(f"{'test_' if test_only else ''}dataset_dir {root} does not exist or is not a folder.")
     given = {"train": train_json, "test": test_json}
-    annotation_files = {fold: _annotation_file(root, fold, given[fold]) for fold in ANNOTATION_FILES}
+    found = {fold: _annotation_file(root, fold, given[fold], missing_ok=test_only) for fold in ANNOTATION_FILES}
+    annotation_files = {fold: path for fold, path in found.items() if path is not None}
+    if not annotation_files:
+        raise DatasetError(f"test_dataset_dir {root}: neither {' nor '.join(ANNOTATION_FILES.values())} found in it or its sub-folders; expected the ChestX-Det10 layout.")
     mask_dir = Path(lung_mask_dir) if lung_mask_dir is not None else root / LUNG_MASK_FOLDER
     if lung_mask_dir is not None and not mask_dir.is_dir():
         raise DatasetError(f"lung_mask_dir {mask_dir} does not exist or is not a folder.")
     masks = find_files(mask_dir, (".png",)) if mask_dir.is_dir() else {}
     files = _files_by_name(root, mask_dir.resolve() if mask_dir.is_dir() else None)
     images = [_relative(p, root) for paths in files.values() for p in paths if p.suffix.lower() == ".png" or is_dicom(p)]
-    settings = {"indexer": f"chestx_det/{INDEXER_VERSION}", "split_seed": seed, "val_fraction": val_fraction, "findings": list(findings)}
+    split_settings = {"test_only": True} if test_only else {"split_seed": seed, "val_fraction": val_fraction}
+    settings = {"indexer": f"chestx_det/{INDEXER_VERSION}", **split_settings, "findings": list(findings)}
     current = make_fingerprint(root, settings, list(annotation_files.values()), images)
     if Path(datalist_file).exists():
         check_saved_split(datalist_file, current, root)
@@ -371,7 +385,7 @@ def prepare_chestx_datalist(
         return Path(datalist_file)
 
     entries = {fold: read_chestx_det_json(path, findings) for fold, path in annotation_files.items()}
-    leaked = sorted({e["file_name"] for e in entries["train"]} & {e["file_name"] for e in entries["test"]})
+    leaked = sorted({e["file_name"] for e in entries.get("train", [])} & {e["file_name"] for e in entries.get("test", [])})
     if leaked:
         raise DatasetError(
             f"{annotation_files['train']} and {annotation_files['test']} both list {leaked[:5]}; "
@@ -384,24 +398,28 @@ def prepare_chestx_datalist(
         skipped += fold_skipped
         if not items[fold]:
             raise DatasetError(f"{path}: no entries left (empty file, or every entry skipped); expected images.")
-    strata = [next((f for f in findings if f in i["findings"]), NO_FINDING) for i in items["train"]]
-    train_folds = split_by_group([i["image_id"] for i in items["train"]], strata, val_fraction, 0.0, seed)
-    has_polygons = any("polygons" in e for e in entries["train"])
+    if test_only:
+        all_items = [item for fold_items in items.values() for item in fold_items]
+        folds = ["test"] * len(all_items)
+        split = {"test": "every image (an external test set)"}
+    else:
+        strata = [next((f for f in findings if f in i["findings"]), NO_FINDING) for i in items["train"]]
+        train_folds = split_by_group([i["image_id"] for i in items["train"]], strata, val_fraction, 0.0, seed)
+        all_items, folds = items["train"] + items["test"], train_folds + ["test"] * len(items["test"])
+        split = {"test": "the release's own test set", "split_by": "image", "stratified_by": "first finding, or no finding",
+                 "seed": seed, "val_fraction": val_fraction}
+    has_polygons = any("polygons" in e for fold_entries in entries.values() for e in fold_entries)
     path = write_datalist_once(
         datalist_file,
-        items["train"] + items["test"],
-        train_folds + ["test"] * len(items["test"]),
+        all_items,
+        folds,
         labels=list(findings),
         meta={
             "dataset": "ChestX-Det" if has_polygons else "ChestX-Det10",
             "dataset_dir": str(root.resolve()),
             "annotation_files": {fold: str(path.resolve()) for fold, path in annotation_files.items()},
             "lung_mask_dir": str(mask_dir.resolve()) if masks else None,
-            "test": "the release's own test set",
-            "split_by": "image",
-            "stratified_by": "first finding, or no finding",
-            "seed": seed,
-            "val_fraction": val_fraction,
+            **split,
             "skipped": skipped,
             "fingerprint": current,
         },

@@ -53,11 +53,33 @@ def find_files(root: Path, suffixes: Sequence[str], by_name: bool = False) -> di
     return found
 
 
-def datalist_path(bundle_root: str | Path, dataset_dir: str | Path) -> Path:
-    """Where a bundle keeps the split of ``dataset_dir``: one file per data set folder, so switching data sets never mixes splits."""
+def datalist_path(bundle_root: str | Path, dataset_dir: str | Path, test_only: bool = False) -> Path:
+    """Where a bundle keeps the split of ``dataset_dir`` (``test_only``: its index as an external test set): one file
+    per data set folder and use, so switching data sets never mixes splits."""
     resolved = Path(dataset_dir).resolve()
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
-    return Path(bundle_root) / "datalists" / f"{resolved.name}-{digest}.json"
+    return Path(bundle_root) / "datalists" / f"{resolved.name}-{digest}{'-test' if test_only else ''}.json"
+
+
+def same_folder(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one folder, relative paths and links resolved."""
+    return Path(first).resolve() == Path(second).resolve()
+
+
+def external_test_set(test_datalist: str | Path, test_dataset_dir: str | Path, datalist: str | Path, dataset_dir: str | Path) -> Path:
+    """``test_datalist`` (every image of ``test_dataset_dir`` in its test fold), once no image id of it is found in the
+    training or validation fold of ``datalist``, the split of ``dataset_dir`` the model is trained on."""
+    split = json.loads(Path(datalist).read_text())
+    fold_of = {item["image_id"]: fold for fold in ("training", "validation") for item in split.get(fold, [])}
+    shared = sorted(i["image_id"] for i in json.loads(Path(test_datalist).read_text())["test"] if i["image_id"] in fold_of)
+    if shared:
+        folds = sorted({fold_of[i] for i in shared})
+        raise DatasetError(
+            f"test_dataset_dir {test_dataset_dir} shares {len(shared)} image id(s) with the {' and '.join(folds)} fold "
+            f"of dataset_dir {dataset_dir} (split {datalist}), e.g. {', '.join(shared[:3])}; expected an external test "
+            "set of images the model was neither trained nor validated on."
+        )
+    return Path(test_datalist)
 
 
 def write_datalist_once(path: str | Path, items: Sequence[dict], folds: Sequence[str], labels: Sequence[str], meta: dict) -> Path:
@@ -78,6 +100,10 @@ def write_datalist_once(path: str | Path, items: Sequence[dict], folds: Sequence
 
 
 PATH_KEYS = ("image", "mask", "lung_mask")
+# an item's acquisition artefacts where the data set records them (a HAM10000 metadata column of names, ';' between
+# several; a ChestX-Det entry field, a list of names): evaluation then scores images whose artefacts agree with the
+# training fold's artefact-class association apart from the others
+ARTEFACT_KEY = "artefact"
 
 
 def load_fold(datalist_file: str | Path, fold: str, dataset_dir: str | Path, require: str | None = None) -> list[dict]:

@@ -212,26 +212,32 @@ def _short(fingerprint: str | None) -> str:
 class CheckSplit:
     """When an evaluator starts, refuse any of ``checkpoints`` trained on another split than ``record``'s.
 
-    With ``images`` (an inference input), the check applies only when every image is in the saved split's test fold
-    (the default input); images from elsewhere need no split. A checkpoint that records no split (written by an older
-    version) is used with a warning, since it cannot be checked.
+    With ``images`` (an inference input), the check applies only when every image is in the test set (the default
+    input): the saved split's test fold, or the test fold of ``test_datalist`` (an external test set's, its paths
+    relative to ``test_dataset_dir``); images from elsewhere need no split. A checkpoint that records no split (written
+    by an older version) is used with a warning, since it cannot be checked.
     """
 
-    def __init__(self, checkpoints: str | Path | Sequence[str | Path], record: SplitRecord, images: str | Sequence[str] | None = None) -> None:
+    def __init__(
+        self, checkpoints: str | Path | Sequence[str | Path], record: SplitRecord, images: str | Sequence[str] | None = None,
+        test_datalist: str | Path | None = None, test_dataset_dir: str | Path | None = None,
+    ) -> None:
         self.checkpoints = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         self.record, self.images = record, images
+        self.test_datalist = test_datalist if test_datalist is not None else record.datalist_file
+        self.test_dataset_dir = test_dataset_dir if test_dataset_dir is not None else record.dataset_dir
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
     def applies(self) -> bool:
-        """Whether the images to process are the saved split's test images (always, without ``images``)."""
+        """Whether the images to process are the test set's images (always, without ``images``)."""
         if self.images is None:
             return True
-        datalist = self.record.datalist_file
+        datalist = self.test_datalist
         if datalist is None or not Path(datalist).is_file() or isinstance(self.images, (str, Path)):
             return False
-        test = {(Path(self.record.dataset_dir) / i["image"]).resolve() for i in read_datalist(datalist).get("test", [])}
+        test = {(Path(self.test_dataset_dir) / i["image"]).resolve() for i in read_datalist(datalist).get("test", [])}
         return all(Path(i).resolve() in test for i in self.images)
 
     def __call__(self, engine: Engine) -> None:

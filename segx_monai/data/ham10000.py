@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from segx_monai.data.datalist import DatasetError, find_files, write_datalist_once
+from segx_monai.data.datalist import ARTEFACT_KEY, DatasetError, find_files, write_datalist_once
 from segx_monai.data.fingerprint import attach_masks, check_saved_split, make_fingerprint
 from segx_monai.data.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, split_by_group
 
@@ -57,13 +57,16 @@ def _lines(rows: list[str], limit: int = 10) -> str:
 
 def read_ham_metadata(path: Path) -> list[dict[str, str]]:
     """``HAM10000_metadata.csv`` rows as ``{"image_id", "lesion_id", "dx", "row"}``, with dx checked against the 7
-    classes and every lesion_id present (it groups the split)."""
+    classes and every lesion_id present (it groups the split); with an ``artefact`` column (the image's acquisition
+    artefacts, ';' between several), its value too. Other columns beyond the real ones are ignored."""
     records = []
     for line, row in enumerate(_read_csv(path, METADATA_COLUMNS), start=2):
         dx = row["dx"].strip().lower()
         if dx not in HAM_CLASSES:
             raise DatasetError(f"{path}, line {line} (image_id {row['image_id']!r}): unknown dx {row['dx']!r}; expected one of {list(HAM_CLASSES)}.")
         records.append({"image_id": row["image_id"].strip(), "lesion_id": row["lesion_id"].strip(), "dx": dx, "row": f"{path.name}:{line}"})
+        if ARTEFACT_KEY in row:
+            records[-1][ARTEFACT_KEY] = (row[ARTEFACT_KEY] or "").strip()
     empty = [r["row"] for r in records if not r["lesion_id"]]
     if empty:
         raise DatasetError(f"{path}, {_lines(empty)}: empty lesion_id; expected the lesion of every image (the split keeps a lesion's images together).")
@@ -128,14 +131,16 @@ def _masks_by_id(root: Path) -> dict[str, Path]:
 
 def ham_fingerprint(
     dataset_dir: str | Path, seed: int, val_fraction: float, test_fraction: float,
-    metadata_csv: str | Path | None = None, ground_truth_csv: str | Path | None = None,
+    metadata_csv: str | Path | None = None, ground_truth_csv: str | Path | None = None, test_only: bool = False,
 ) -> dict:
     """The fingerprint (:func:`~segx_monai.data.fingerprint.make_fingerprint`) of a split of ``dataset_dir``: the split
-    settings, the label CSV files and every image file below it (masks excluded)."""
+    settings (``test_only``: none, every image is a test image), the label CSV files and every image file below it
+    (masks excluded)."""
     root = Path(dataset_dir)
     metadata = _metadata_file(root, metadata_csv)
     images = [str(p.relative_to(root)) for p in find_files(root, IMAGE_SUFFIXES).values() if not p.name.lower().endswith(MASK_SUFFIX)]
-    settings = {"indexer": f"ham10000/{INDEXER_VERSION}", "split_seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    settings = ({"indexer": f"ham10000/{INDEXER_VERSION}", "test_only": True} if test_only else
+                {"indexer": f"ham10000/{INDEXER_VERSION}", "split_seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction})
     return make_fingerprint(root, settings, [p for p in (metadata, ground_truth_csv) if p], images)
 
 
@@ -214,6 +219,8 @@ def index_ham10000(
             skipped.append({"row": r["row"], "image_id": r["image_id"], "reason": str(e)})
             continue
         item = {"image": str(image.relative_to(root)), "label": HAM_CLASSES.index(r["dx"]), "dx": r["dx"], "lesion_id": r["lesion_id"], "image_id": r["image_id"]}
+        if ARTEFACT_KEY in r:
+            item[ARTEFACT_KEY] = r[ARTEFACT_KEY]
         if mask is not None:
             item["mask"] = str(mask.relative_to(root))
         kept.append(item)
@@ -228,9 +235,11 @@ def prepare_ham_datalist(
     seed: int = SPLIT_SEED,
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
+    test_only: bool = False,
     **index_kwargs,
 ) -> Path:
-    """Index ``dataset_dir`` and write its lesion-grouped, diagnosis-stratified split to ``datalist_file`` once.
+    """Index ``dataset_dir`` and write its lesion-grouped, diagnosis-stratified split to ``datalist_file`` once;
+    ``test_only``: every image in the test fold instead (an external test set; the split settings are unused).
 
     An existing datalist is never redrawn: it is used only while its fingerprint (settings, metadata, image list)
     matches the data and settings now, else a :class:`~segx_monai.data.fingerprint.StaleSplitError` says what
@@ -238,22 +247,26 @@ def prepare_ham_datalist(
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise DatasetError(f"dataset_dir {root} does not exist or is not a folder.")
-    current = ham_fingerprint(root, seed, val_fraction, test_fraction, index_kwargs.get("metadata_csv"), index_kwargs.get("ground_truth_csv"))
+        raise DatasetError(f"{'test_' if test_only else ''}dataset_dir {root} does not exist or is not a folder.")
+    current = ham_fingerprint(root, seed, val_fraction, test_fraction, index_kwargs.get("metadata_csv"), index_kwargs.get("ground_truth_csv"), test_only)
     if Path(datalist_file).exists():
         check_saved_split(datalist_file, current, root, explain=lambda content: _row_changes(_metadata_file(root, index_kwargs.get("metadata_csv")), content))
         masks = {image_id: str(p.relative_to(root)) for image_id, p in _masks_by_id(root).items()}
         attach_masks(datalist_file, masks, "mask", check=lambda item, mask: _check_image(root / item["image"], root / mask))
         return Path(datalist_file)
     items, skipped = index_ham10000(dataset_dir, **index_kwargs)
-    folds = split_by_group([i["lesion_id"] for i in items], [i["dx"] for i in items], val_fraction, test_fraction, seed)
+    if test_only:
+        folds = ["test"] * len(items)
+        split = {"test": "every image (an external test set)"}
+    else:
+        folds = split_by_group([i["lesion_id"] for i in items], [i["dx"] for i in items], val_fraction, test_fraction, seed)
+        split = {"split_by": "lesion_id", "stratified_by": "dx", "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     path = write_datalist_once(
         datalist_file,
         items,
         folds,
         labels=list(HAM_CLASSES),
-        meta={"dataset": "HAM10000", "dataset_dir": str(Path(dataset_dir).resolve()), "split_by": "lesion_id", "stratified_by": "dx",
-              "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "skipped": skipped, "fingerprint": current},
+        meta={"dataset": "HAM10000", "dataset_dir": str(Path(dataset_dir).resolve()), **split, "skipped": skipped, "fingerprint": current},
     )
     check_saved_split(path, current, root)  # another process may have written its split first
     return path

@@ -20,8 +20,15 @@ Outside the lungs every image may carry confounders (:data:`FINDING_CONFOUNDER`)
 tube down the mediastinum, a ruler, collimation edges, ECG leads. In the train split each confounder agrees with
 its finding's label with probability ``spurious_strength``; in the test split it is drawn independently of the
 labels, with the same frequency. A classifier can therefore take the shortcut and look outside the lungs, which
-SegX and SegU are meant to reveal. :func:`plan_chestx_like` returns the per-image assignment, since the annotation
-files keep the real fields only.
+SegX and SegU are meant to reveal. Every annotation entry records the confounders its image carries in one field
+beyond the real ones, ``"artefact": ["tube", ...]`` (empty for none; the ChestX-Det indexer keeps it in the datalist,
+so that evaluation can score images whose confounders agree with the training fold's association apart from others).
+
+``reversed_set=True`` plans a reversed set instead: test images only (``test.json``, ``ChestX_Det_test.json``,
+``test_data/``), named from 100000.png upwards (apart from an ordinary set's five-digit names), and each confounder
+disagrees with its finding's label with probability ``spurious_strength``: present when the finding is absent and
+absent when it is present. A classifier that learnt the shortcut on an ordinary set scores worse on it than on that
+set's test split. Point a bundle's ``test_dataset_dir`` at it to evaluate and interpret on it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from segx_monai.data.chestx_det import finding_masks, polygon_mask
+from segx_monai.data.datalist import ARTEFACT_KEY
 from segx_monai.data.drawing import polyline_distance, value_noise
 from segx_monai.io.dicom_writer import write_dicom_variant
 
@@ -89,16 +97,22 @@ class SyntheticChest:
 
 
 def plan_chestx_like(
-    n_train: int = 240, n_test: int = 80, seed: int = 0, spurious_strength: float = 0.75
+    n_train: int = 240, n_test: int = 80, seed: int = 0, spurious_strength: float = 0.75, reversed_set: bool = False
 ) -> list[SyntheticChest]:
-    """Draw file names, labels and confounders of every image, without pixels; train then test, by file name."""
-    if n_train < 1 or n_test < 1 or n_train + n_test > NUMBER_RANGE:
+    """Draw file names, labels and confounders of every image, without pixels; train then test, by file name.
+
+    ``reversed_set``: ``n_test`` test images (``n_train`` must be 0) with the reversed confounders (module notes).
+    """
+    if reversed_set and n_train != 0:
+        raise ValueError(f"a reversed set has test images only: need n_train = 0, got {n_train}.")
+    if n_train < (0 if reversed_set else 1) or n_test < 1 or n_train + n_test > NUMBER_RANGE:
         raise ValueError(f"need n_train, n_test >= 1 and n_train + n_test <= {NUMBER_RANGE}, got {n_train}, {n_test}.")
     if not 0 <= spurious_strength <= 1:
         raise ValueError(f"spurious_strength must lie in [0, 1], got {spurious_strength}.")
     n = n_train + n_test
     rng = np.random.default_rng([seed, 0])
-    numbers = FIRST_NUMBER + rng.choice(NUMBER_RANGE, n, replace=False)
+    first = FIRST_NUMBER + NUMBER_RANGE if reversed_set else FIRST_NUMBER  # a reversed set's names have six digits
+    numbers = first + rng.choice(NUMBER_RANGE, n, replace=False)
     labels = rng.random((n, len(FINDINGS_DRAWN))) < FINDING_PROBABILITY
     seeds = rng.integers(2**32, size=n)
     confounder_rng = np.random.default_rng([seed, 1])
@@ -107,7 +121,7 @@ def plan_chestx_like(
     frequency = FINDING_PROBABILITY * spurious_strength + (1 - FINDING_PROBABILITY) * (1 - spurious_strength)
     independent = confounder_rng.random(labels.shape) < frequency
     is_test = np.arange(n) >= n_train
-    confounders = np.where(is_test[:, None], independent, correlated)
+    confounders = ~correlated if reversed_set else np.where(is_test[:, None], independent, correlated)
     images = [
         SyntheticChest(
             file_name=f"{number}.png",
@@ -543,23 +557,24 @@ def _write_dicom(picture: np.ndarray, path: Path, image: SyntheticChest, options
 def write_chestx_like(
     images: Sequence[SyntheticChest], out_dir: str | Path, image_size: int = 128, dicom: bool = True
 ) -> Path:
-    """Render planned images and write them, their lung masks and annotation files in the ChestX-Det10 layout."""
+    """Render planned images and write them, their lung masks and annotation files in the ChestX-Det10 layout (the
+    folder and annotation files of the folds that have images), each entry with the image's confounders."""
     size = _check_image_size(image_size)
     root = Path(out_dir)
-    for folder in (*FOLDERS.values(), MASK_FOLDER, *([DICOM_FOLDER] if dicom else [])):
+    entries: dict[str, list[dict]] = {fold: [] for fold in FOLDERS if any(image.fold == fold for image in images)}
+    for folder in (*(FOLDERS[fold] for fold in entries), MASK_FOLDER, *([DICOM_FOLDER] if dicom else [])):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    entries: dict[str, list[dict]] = {fold: [] for fold in FOLDERS}
     for index, image in enumerate(images):
         picture, lung_mask, entry = render_chestx_like(image, size)
         Image.fromarray(picture, "L").save(root / FOLDERS[image.fold] / image.file_name)
         Image.fromarray(lung_mask.astype(np.uint8) * 255, "L").save(root / MASK_FOLDER / image.file_name)
-        entries[image.fold].append(entry)
+        entries[image.fold].append({**entry, ARTEFACT_KEY: list(image.confounders)})
         if dicom:
             name, options = dicom_copy(index, image)
             _write_dicom(picture, root / DICOM_FOLDER / name, image, options)
     for fold, fold_entries in entries.items():
         with open(root / f"{fold}.json", "w") as f:  # ChestX-Det10 has no polygons
-            json.dump([{k: e[k] for k in ("file_name", "syms", "boxes")} for e in fold_entries], f)
+            json.dump([{k: e[k] for k in ("file_name", "syms", "boxes", ARTEFACT_KEY)} for e in fold_entries], f)
         with open(root / f"ChestX_Det_{fold}.json", "w") as f:
             json.dump(fold_entries, f)
     return root
@@ -573,29 +588,40 @@ def generate_chestx_like(
     seed: int = 0,
     spurious_strength: float = 0.75,
     dicom: bool = True,
+    reversed_set: bool = False,
 ) -> Path:
     """Write a synthetic ChestX-Det10 / ChestX-Det set (with DICOM copies if ``dicom``) to ``out_dir``; return it.
 
     The same arguments give byte-identical files; files of the same names already in ``out_dir`` are overwritten.
+    ``reversed_set`` (with ``n_train=0``): a reversed test set (module notes), to write with another ``seed`` than
+    the set the model is trained on.
     """
     _check_image_size(image_size)
-    return write_chestx_like(plan_chestx_like(n_train, n_test, seed, spurious_strength), out_dir, image_size, dicom)
+    images = plan_chestx_like(n_train, n_test, seed, spurious_strength, reversed_set)
+    return write_chestx_like(images, out_dir, image_size, dicom)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m segx_monai.data.synthetic_chest --out DIR --n-train 240 --n-test 80 --size 128``."""
+    """Command line: ``python -m segx_monai.data.synthetic_chest --out DIR --n-train 240 --n-test 80 --size 128``
+    (``--reversed --seed 1``: a reversed test set of ``--n-test`` images)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory (the ChestX-Det10 root)")
-    parser.add_argument("--n-train", type=int, default=240)
+    parser.add_argument("--n-train", type=int, help="train images (default 240; 0 with --reversed)")
     parser.add_argument("--n-test", type=int, default=80)
     parser.add_argument("--size", type=int, default=128, help="side of the square images in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spurious-strength", type=float, default=0.75)
     parser.add_argument("--no-dicom", action="store_true", help="do not write the DICOM copies")
+    parser.add_argument(
+        "--reversed", action="store_true",
+        help="a reversed test set: test images only, each confounder disagreeing with its finding (use another --seed)",
+    )
     args = parser.parse_args(argv)
+    if args.n_train is None:
+        args.n_train = 0 if args.reversed else 240
     try:
         _check_image_size(args.size)
-        images = plan_chestx_like(args.n_train, args.n_test, args.seed, args.spurious_strength)
+        images = plan_chestx_like(args.n_train, args.n_test, args.seed, args.spurious_strength, args.reversed)
     except ValueError as error:
         parser.error(str(error))
     write_chestx_like(images, args.out, args.size, dicom=not args.no_dicom)

@@ -25,7 +25,15 @@ exist for. A share ``plain_fraction`` of the lesions, drawn independently of cla
 plain look common to all classes (:func:`_paint_plain`: a muted, evenly pigmented lesion of common size and border), so
 that in training only their artefact tells their class: a classifier learns the shortcut for them, and on the test
 fold, where the artefact is another class's for six images in seven, it gets most of them wrong for that reason.
-:func:`plan_ham_like` returns the per-image artefact and look, since the metadata CSV keeps the real columns only.
+The metadata CSV records each image's artefact in one column beyond the real ones, ``artefact`` (the HAM10000 indexer
+keeps it in the datalist, so that evaluation can score images whose artefact agrees with the training fold's
+artefact-class association apart from the others); :func:`plan_ham_like` also returns each image's look.
+
+``reversed_set=True`` plans a reversed set instead: every image is a test image, with ids after the real release's
+(ISIC_0034321 upwards, apart from an ordinary set's of up to 10,015 images), and each class shows the artefact of the
+next class in :data:`CLASSES` order (:data:`REVERSED_SHIFT`, a derangement of :data:`CLASS_ARTEFACT`) with
+probability ``spurious_strength``: a classifier that learnt the shortcut on an ordinary set scores worse on it than on
+that set's test fold. Point a bundle's ``test_dataset_dir`` at it to evaluate and interpret on it.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segx_monai.data.datalist import ARTEFACT_KEY
 from segx_monai.data.drawing import polyline_distance, value_noise
 from segx_monai.data.splits import FOLDS, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, split_by_group
 
@@ -64,6 +73,8 @@ CLASS_ARTEFACT = {
     "df": "marker_ring_bottom_left",
 }
 ARTEFACTS = tuple(CLASS_ARTEFACT.values())
+# a reversed set's classes show the artefact of the class this many places after their own in CLASSES order
+REVERSED_SHIFT = 1
 # The defaults: a strong shortcut, and one lesion in seven that only its artefact tells apart in training, so that a
 # demo classifier errs on about a fifth to a third of the test fold, mostly where the artefact is another class's.
 SPURIOUS_STRENGTH, PLAIN_FRACTION = 0.95, 0.15
@@ -78,6 +89,7 @@ ARTEFACT_KIND_AND_PLACE = {  # what is drawn, and at which edge or corner
 }
 
 FIRST_IMAGE_NUMBER = 24306  # the real image ids run from ISIC_0024306 upwards
+REVERSED_FIRST_IMAGE_NUMBER = FIRST_IMAGE_NUMBER + 10_015  # a reversed set's: after the real release's 10,015 images
 DX_TYPES = {  # (values, probabilities) per class, after the real file: melanomas are all histopathology-confirmed
     "nv": (("follow_up", "histo", "consensus"), (0.55, 0.40, 0.05)),
     "mel": (("histo",), (1.0,)),
@@ -125,8 +137,13 @@ def plan_ham_like(
     spurious_strength: float = SPURIOUS_STRENGTH,
     images_per_lesion: tuple[int, int] = (1, 3),
     plain_fraction: float = PLAIN_FRACTION,
+    reversed_set: bool = False,
 ) -> list[SyntheticImage]:
-    """Draw the metadata, split and artefact of every image, without any pixels; rows sorted by lesion and image id."""
+    """Draw the metadata, split and artefact of every image, without any pixels; rows sorted by lesion and image id.
+
+    ``reversed_set``: every image in the test fold, with the reversed artefacts (see the module's notes); the split
+    settings are then unused.
+    """
     if not 0 <= spurious_strength <= 1:
         raise ValueError(f"spurious_strength must lie in [0, 1], got {spurious_strength}.")
     if not 0 <= plain_fraction <= 1:
@@ -136,7 +153,9 @@ def plan_ham_like(
         raise ValueError(f"images_per_lesion must be (fewest, most) with 1 <= fewest <= most, got {images_per_lesion}.")
     if n_images > 0 and -(-n_images // highest) > n_images // lowest:
         raise ValueError(f"n_images={n_images} cannot be made of lesions of images_per_lesion={images_per_lesion} images.")
-    lesions_per_class = _lesions_per_class(n_images, images_per_lesion, val_fraction, test_fraction)
+    # a reversed set needs every class once, in its one fold (as split_by_group puts all in training for no fractions)
+    fractions = (0.0, 0.0) if reversed_set else (val_fraction, test_fraction)
+    lesions_per_class = _lesions_per_class(n_images, images_per_lesion, *fractions)
     n_lesions = int(lesions_per_class.sum())
     rng = np.random.default_rng([seed, 0])
 
@@ -158,7 +177,7 @@ def plan_ham_like(
             rows.append(
                 dict(
                     lesion_id=f"HAM_{number:07d}",
-                    image_id=f"ISIC_{FIRST_IMAGE_NUMBER + rank:07d}",
+                    image_id=f"ISIC_{(REVERSED_FIRST_IMAGE_NUMBER if reversed_set else FIRST_IMAGE_NUMBER) + rank:07d}",
                     dx=str(dx),
                     **patient,
                     image_folder=IMAGE_FOLDERS[rank >= (n_images + 1) // 2],
@@ -168,8 +187,13 @@ def plan_ham_like(
                 )
             )
     dx_of_rows = [row["dx"] for row in rows]
-    folds = split_by_group([row["lesion_id"] for row in rows], dx_of_rows, val_fraction, test_fraction, split_seed)
-    artefacts = _assign_artefacts(dx_of_rows, folds, spurious_strength, np.random.default_rng([seed, 1]))
+    if reversed_set:
+        folds = [FOLDS[2]] * len(rows)
+        correlated, shift = [True] * len(rows), REVERSED_SHIFT
+    else:
+        folds = split_by_group([row["lesion_id"] for row in rows], dx_of_rows, val_fraction, test_fraction, split_seed)
+        correlated, shift = [fold != FOLDS[2] for fold in folds], 0
+    artefacts = _assign_artefacts(dx_of_rows, correlated, spurious_strength, np.random.default_rng([seed, 1]), shift)
     images = [SyntheticImage(**row, fold=fold, artefact=a) for row, fold, a in zip(rows, folds, artefacts)]
     return sorted(images, key=lambda image: (image.lesion_id, image.image_id))
 
@@ -235,13 +259,16 @@ def _draw_patient(rng: np.random.Generator, dx: str) -> dict:
     )
 
 
-def _assign_artefacts(dx: Sequence[str], folds: Sequence[str], strength: float, rng: np.random.Generator) -> list[str]:
-    """Per image: outside test, the class's own artefact with probability ``strength`` (else another); in test, any."""
-    class_index = np.array([CLASSES.index(d) for d in dx], dtype=int)
+def _assign_artefacts(
+    dx: Sequence[str], correlated: Sequence[bool], strength: float, rng: np.random.Generator, shift: int = 0
+) -> list[str]:
+    """Per image: where ``correlated``, the artefact of the class ``shift`` places after its own in CLASSES (0: its
+    own) with probability ``strength``, else another; elsewhere any."""
+    class_index = (np.array([CLASSES.index(d) for d in dx], dtype=int) + shift) % len(ARTEFACTS)
     other = (class_index + rng.integers(1, len(ARTEFACTS), size=len(dx))) % len(ARTEFACTS)
-    correlated = np.where(rng.random(len(dx)) < strength, class_index, other)
+    following = np.where(rng.random(len(dx)) < strength, class_index, other)
     independent = rng.integers(len(ARTEFACTS), size=len(dx))
-    chosen = np.where(np.array(folds) == FOLDS[2], independent, correlated)
+    chosen = np.where(np.array(correlated, dtype=bool), following, independent)
     return [ARTEFACTS[i] for i in chosen]
 
 
@@ -528,16 +555,19 @@ def generate_ham_like(
     images_per_lesion: tuple[int, int] = (1, 3),
     jpeg_quality: int = 90,
     plain_fraction: float = PLAIN_FRACTION,
+    reversed_set: bool = False,
 ) -> Path:
     """Write a synthetic HAM10000 (metadata CSV, JPEG images in two parts, lesion masks) to ``out_dir``; return it.
 
     ``image_size`` is (width, height), 4:3 like the real 600x450. ``split_seed`` and the fractions must be those the
     data will be split with, since they decide which images carry the class-correlated artefacts. The same arguments
-    give byte-identical files; files of the same names already in ``out_dir`` are overwritten.
+    give byte-identical files; files of the same names already in ``out_dir`` are overwritten. ``reversed_set``: a
+    reversed test set (see the module's notes), to write with another ``seed`` than the set the model is trained on.
     """
     _check_image_size(image_size)
     images = plan_ham_like(
-        n_images, seed, split_seed, val_fraction, test_fraction, spurious_strength, images_per_lesion, plain_fraction
+        n_images, seed, split_seed, val_fraction, test_fraction, spurious_strength, images_per_lesion, plain_fraction,
+        reversed_set,
     )
     return write_ham_like(images, out_dir, image_size, jpeg_quality)
 
@@ -553,7 +583,7 @@ def write_ham_like(
     for folder in (*IMAGE_FOLDERS, MASK_FOLDER):
         (root / folder).mkdir(parents=True, exist_ok=True)
     with open(root / METADATA_FILE, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, METADATA_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(handle, (*METADATA_COLUMNS, ARTEFACT_KEY), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for image in images:
             writer.writerow({**vars(image), "age": "" if image.age is None else f"{image.age:.1f}"})
@@ -566,7 +596,8 @@ def write_ham_like(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m segx_monai.data.synthetic_derm --out data/ham_synth --n-images 700 --size 160x120``."""
+    """Command line: ``python -m segx_monai.data.synthetic_derm --out data/ham_synth --n-images 700 --size 160x120``
+    (``--reversed --seed 1``: a reversed test set)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory (the HAM10000 root)")
     parser.add_argument("--n-images", type=int, default=700)
@@ -579,6 +610,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images-per-lesion", type=int, nargs=2, default=(1, 3), metavar=("FEWEST", "MOST"))
     parser.add_argument(
         "--plain-fraction", type=float, default=PLAIN_FRACTION, help="share of lesions without their class's look"
+    )
+    parser.add_argument(
+        "--reversed", action="store_true",
+        help="a reversed test set: every image a test image, each class showing the next class's artefact (use another --seed)",
     )
     args = parser.parse_args(argv)
     try:
@@ -596,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.spurious_strength,
             tuple(args.images_per_lesion),
             args.plain_fraction,
+            args.reversed,
         )
     except ValueError as error:
         parser.error(str(error))
