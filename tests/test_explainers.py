@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet121, ResNet
 from torch import nn
 
@@ -26,6 +27,10 @@ from segx_monai.explainers import (
     principal_projection,
     save_baselines,
 )
+from conftest import REPO
+from segx_monai.bundle.errors import root_cause
+from segx_monai.explainers.attribution import saved_activation_bytes
+from segx_monai.explainers.base import explaining
 from segx_monai.networks import PatchNet
 from segx_monai.networks.counterfactual import build_generator
 
@@ -87,7 +92,7 @@ def small_kwargs(name: str) -> dict:
         "gradcam": {"target_layer": "features.2"},
         "gradcampp": {"target_layer": "features.2"},
         "eigencam": {"target_layer": "features.2"},
-        "gradient_shap": {"baselines": make_inputs(5, size=16) * 0.5, "n_samples": 12, "chunk_size": 5},
+        "gradient_shap": {"baselines": make_inputs(5, size=16) * 0.5, "n_samples": 12, "memory_mb": 0.3},
         "integrated_gradients": {"n_steps": 12, "chunk_size": 5},
         "occlusion": {"window": 4, "stride": 4},
         "patch_logits": {"shifts": 2},
@@ -334,29 +339,77 @@ def test_gradcam_3d_densenet():
     assert maps.shape == (2, 1, 16, 16, 16) and torch.isfinite(maps).all()
 
 
+def row_mb(net: nn.Module, x: torch.Tensor) -> float:
+    """MB of autograd memory one image of ``x`` takes through ``net`` in eval mode (GradientShap's unit of budget)."""
+    with explaining(net):
+        return saved_activation_bytes(net, x[:1]) / 2**20
+
+
 @pytest.mark.parametrize("stdevs", [0.0, 0.3])
 def test_gradient_shap_chunking_is_exact(stdevs):
     net, x = make_net(), make_inputs(3)
     refs = make_inputs(6) * 0.5
     targets = torch.tensor([0, 1, 2])
-    def shap(chunk_size: int, seed: int = 7) -> torch.Tensor:
-        return GradientShap(net, refs, n_samples=20, stdevs=stdevs, chunk_size=chunk_size, seed=seed)(x, targets)
+    mb = row_mb(net, x)
+    def shap(rows: int, seed: int = 7) -> torch.Tensor:
+        return GradientShap(net, refs, n_samples=20, stdevs=stdevs, memory_mb=(rows + 0.5) * mb, seed=seed)(x, targets)
 
-    unchunked = shap(20)
-    for chunk_size in (1, 7, 50):
-        torch.testing.assert_close(shap(chunk_size), unchunked, atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(shap(20, seed=8), unchunked)
+    unchunked = shap(3 * 20)
+    for rows in (2, 7, 50):  # passes that split the batch, split draws, and hold all but a few rows
+        torch.testing.assert_close(shap(rows), unchunked, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(shap(60, seed=8), unchunked)
 
 
-def test_gradient_shap_forward_batches_are_bounded():
-    net, x = make_net(), make_inputs(3)
-    sizes = []
-    handle = net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
-    try:
-        GradientShap(net, make_inputs(5), n_samples=50, chunk_size=8)(x, torch.tensor([0, 1, 2]))
-    finally:
-        handle.remove()
-    assert max(sizes) == 3 * 8 and sum(sizes) == 3 * 50
+def test_gradient_shap_passes_fit_the_memory_budget():
+    """Rows per pass = budget // (MB of one image), whatever n_samples; the first forward (1 row, on the meta device)
+    counts it: conv1's input, BN's input and the two ReLU outputs (conv2 reads ReLU1's), one image's, not its batch's."""
+    net, x, refs = make_net(), make_inputs(3), make_inputs(5)
+    mb = row_mb(net, x)
+    assert mb * 2**20 == pytest.approx(4 * (2 * 16 * 16 + 4 * 16 * 16 + 4 * 16 * 16 + 6 * 8 * 8), rel=0.01)
+
+    def pass_sizes(budget: float, n_samples: int, x: torch.Tensor = x, refs: torch.Tensor = refs) -> list[int]:
+        sizes = []
+        handle = net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+        try:
+            GradientShap(net, refs, n_samples=n_samples, memory_mb=budget * mb)(x, torch.tensor([0, 1, 2]))
+        finally:
+            handle.remove()
+        return sizes
+
+    assert pass_sizes(8.5, 50) == [1] + [8] * 18 + [6]  # 150 rows: 18 passes of 8 and one of 6
+    assert pass_sizes(25.9, 50) == [1] + [25] * 6
+    assert pass_sizes(8.5, 100) == [1] + [8] * 37 + [4]
+    # 32 x 32 images keep 4 times the memory: 2 rows per pass in the same budget
+    big, big_refs = make_inputs(3, size=32), make_inputs(5, size=32)
+    assert row_mb(net, big) == pytest.approx(4 * mb, rel=0.01)
+    assert pass_sizes(8.5, 10, big, big_refs) == [1] + [2] * 15
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, float("nan"), "1024", True])
+def test_gradient_shap_invalid_budget_names_the_key(budget):
+    with pytest.raises(ValueError, match="shap_memory_mb"):
+        GradientShap(make_net(), "zeros", memory_mb=budget)
+
+
+def test_gradient_shap_budget_below_one_image_names_the_key():
+    net, x = make_net(), make_inputs(2)
+    with pytest.raises(ValueError, match=r"shap_memory_mb\) = .* below the .* one image of shape \(2, 16, 16\)"):
+        GradientShap(net, "zeros", memory_mb=row_mb(net, x) / 2)(x, 0)
+
+
+@pytest.mark.parametrize("bundle", ["ham_segx", "chestx_segx"])
+def test_the_bundles_pass_shap_memory_mb_to_gradient_shap(bundle):
+    def explainer(memory_mb):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "inference.yaml"))
+        parser.update({"explainer_name": "gradient_shap", "explainer_options#gradient_shap#baselines": "zeros",
+                       "shap_memory_mb": memory_mb})  # no trained bundle, so no saved reference set
+        return parser.get_parsed_content("explainer")
+
+    assert explainer(300).memory_mb == 300
+    with pytest.raises(Exception) as info:
+        explainer(0)
+    assert "shap_memory_mb" in str(root_cause(info.value))
 
 
 def test_gradient_shap_equals_captum_for_the_same_draws(monkeypatch):
@@ -369,7 +422,7 @@ def test_gradient_shap_equals_captum_for_the_same_draws(monkeypatch):
         def _draw(self, n_references, generator):
             return torch.from_numpy(index), torch.from_numpy(alpha).float()
 
-    ours = FixedDraws(net, refs, n_samples=6, chunk_size=4).attribute_inputs(x, targets)
+    ours = FixedDraws(net, refs, n_samples=6, memory_mb=4.5 * row_mb(net, x)).attribute_inputs(x, targets)
     # captum lays rows out as (sample, draw) and draws per row
     monkeypatch.setattr(np.random, "choice", lambda n, size: np.tile(index, 2))
     monkeypatch.setattr(np.random, "uniform", lambda low, high, size: np.tile(alpha, 2))
