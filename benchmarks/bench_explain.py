@@ -158,8 +158,8 @@ def main() -> None:
 
     gradcam = get_explainer("gradcam", classifier)
     shap = get_explainer("gradient_shap", classifier, baselines=baselines, n_samples=args.n_samples)
-    # warm-up SHAP: one chunk of draws, i.e. the same forward shapes at a fraction of the cost
-    shap_warm = get_explainer("gradient_shap", classifier, baselines=baselines, n_samples=min(args.n_samples, shap.chunk_size))
+    # warm-up SHAP: the draws of one pass, i.e. the same forward shapes at a fraction of the cost
+    shap_warm = get_explainer("gradient_shap", classifier, baselines=baselines, n_samples=min(args.n_samples, -(-shap.rows_per_pass(images) // len(images))))
     pipelines = {"gradcam": SegXPipeline(segmenter, gradcam), "shap": SegXPipeline(segmenter, shap)}
     pipeline_shap_warm = SegXPipeline(segmenter, shap_warm)
     target_layer = classifier.class_layers.relu

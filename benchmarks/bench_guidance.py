@@ -79,18 +79,24 @@ def main() -> None:
     variants = {"plain": []} | {f"{args.method} w={w:g}": ["--guidance", args.method, "--guidance_weight", str(w),
                                                          "--guidance_region", args.region] for w in args.weights}
     results, selection = {}, {}
-    common = ["--dataset_dir", str(dataset), "--max_epochs", str(args.max_epochs)]
+    common = ["--dataset_dir", str(dataset)]
     for name, guidance in variants.items():
         root = args.work / args.bundle / re.sub(r"[^a-z0-9.]+", "_", name)
-        shutil.rmtree(root, ignore_errors=True)
-        (root / "models").mkdir(parents=True)
-        shutil.copy(segmenter, root / "models" / "segmenter.pt")
         train = ["inference.yaml", "train_classifier.yaml"]
-        start = time.perf_counter()
-        log = bundle_run(args.bundle, root, "training", train, *common, *guidance)
-        seconds = time.perf_counter() - start
-        selection[name] = float(re.findall(r"best validation \S+ ([-0-9.e]+) at epoch", log)[-1])
-        row = {"training s": seconds, "validation score": selection[name]}
+        trained = root / "training.json"  # a finished training's time and score: a rerun skips it
+        if not trained.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            (root / "models").mkdir(parents=True)
+            shutil.copy(segmenter, root / "models" / "segmenter.pt")
+            start = time.perf_counter()
+            log = bundle_run(args.bundle, root, "training", train, *common, "--max_epochs", str(args.max_epochs), *guidance)
+            seconds = time.perf_counter() - start
+            score = float(re.findall(r"best validation \S+ ([-0-9.e]+) at epoch", log)[-1])
+            trained.with_suffix(".partial").write_text(json.dumps({"seconds": seconds, "score": score}))
+            trained.with_suffix(".partial").replace(trained)
+        record = json.loads(trained.read_text())
+        selection[name] = record["score"]
+        row = {"training s": record["seconds"], "validation score": selection[name]}
         for fold, test in (("test", []), ("reversed", ["--test_dataset_dir", str(args.reversed.resolve())])):
             eval_dir = ["--eval_dir", str(root / "eval" / fold)]
             bundle_run(args.bundle, root, "evaluating", [*train, "evaluate.yaml"], *common, *test, *eval_dir)
