@@ -57,10 +57,27 @@ def sample_means(path: Path, columns: dict[str, str]) -> dict[str, float]:
     return means
 
 
+GENERATORS = {"ham_segx": ("segx_monai.data.synthetic_derm", ["--n-images", "140"]),
+              "chestx_segx": ("segx_monai.data.synthetic_chest", ["--n-test", "80", "--no-dicom"])}
+
+
+def prepare_demo(bundle: str, dataset: Path, reversed_set: Path, segmenter: Path) -> None:
+    """The demo's data set, reversed test set (as scripts/demo.sh writes them) and segmenter, where missing."""
+    module, reversed_options = GENERATORS[bundle]
+    for folder, options in ((dataset, []), (reversed_set, ["--reversed", "--seed", "1", *reversed_options])):
+        if not folder.is_dir():
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", module, "--out", str(partial), *options], cwd=REPO, check=True)
+            partial.replace(folder)
+    if not segmenter.is_file():
+        bundle_run(bundle, segmenter.parent.parent, "training", ["inference.yaml", "train_segmenter.yaml"], "--dataset_dir", str(dataset), "--max_epochs", "5")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("bundle", choices=["ham_segx", "chestx_segx"])
-    parser.add_argument("--reversed", required=True, type=Path, help="the shortcut-reversed test set (same layout)")
+    parser.add_argument("bundle", nargs="?", default="ham_segx", choices=["ham_segx", "chestx_segx"])
+    parser.add_argument("--reversed", type=Path, help="the shortcut-reversed test set (same layout); default: the bundle's data/reversed")
     parser.add_argument("--dataset-dir", type=Path, help="default: the bundle's data/synthetic")
     parser.add_argument("--segmenter", type=Path, help="default: the bundle's models/segmenter.pt")
     parser.add_argument("--work", type=Path, default=Path("/tmp/segx_guidance"))
@@ -73,6 +90,8 @@ def main() -> None:
     bundle_dir = REPO / "bundles" / args.bundle
     dataset = (args.dataset_dir or bundle_dir / "data" / "synthetic").resolve()
     segmenter = (args.segmenter or bundle_dir / "models" / "segmenter.pt").resolve()
+    args.reversed = args.reversed or bundle_dir / "data" / "reversed"
+    prepare_demo(args.bundle, dataset, args.reversed, segmenter)
     # the raw maps against the true region (the lesion, the lungs) and the predicted one (cprecision, SegU's review)
     columns = {"IoU@q": "iou_at_q_raw", "relevance mass": "relevance_mass_raw",
                "precision (top q in region)": "cprecision", "flagged": "review"}
