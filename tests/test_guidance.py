@@ -141,15 +141,15 @@ def test_guided_bundle_training_runs_resumes_and_changes_the_classifier(ham_dir,
     root = tmp_path / "guided"
     (root / "models").mkdir(parents=True)
     shutil.copy(trained_ham_bundle / "models" / "segmenter.pt", root / "models" / "segmenter.pt")
-    guided = run_workflow(ham_workflow(root, ham_dir, TRAIN_CLASSIFIER, guidance="gradcam", guidance_region="segmenter", guidance_weight=5.0))
-    assert len(guided.parser.get_parsed_content("extra_train_handlers")) == 3  # segmenter, its split check, guidance
+    guided = run_workflow(ham_workflow(root, ham_dir, TRAIN_CLASSIFIER, guidance="gradcam", guidance_weight=5.0))
+    assert len(guided.parser.get_parsed_content("extra_train_handlers")) == 1
     # the same seed, data and epochs as the fixture's plain classifier: only the guidance term differs
     guided_weights, plain_weights = _weights(root / "models" / "model.pt"), _weights(trained_ham_bundle / "models" / "model.pt")
     assert guided_weights.keys() == plain_weights.keys()
     assert any(not torch.equal(guided_weights[k], v) for k, v in plain_weights.items())
     seen = []
     # resumed: a second run to two epochs trains the second epoch only
-    resumed = ham_workflow(root, ham_dir, TRAIN_CLASSIFIER, guidance="gradcam", guidance_region="segmenter", guidance_weight=5.0, max_epochs=2)
+    resumed = ham_workflow(root, ham_dir, TRAIN_CLASSIFIER, guidance="gradcam", guidance_weight=5.0, max_epochs=2)
     resumed.initialize()
     trainer = resumed.parser.get_parsed_content("train#trainer")
     trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: seen.append((e.state.epoch, e.state.output["guidance"].item())))
