@@ -1,15 +1,17 @@
 """Plain vs segmentation-guided classifier, side by side, on the ordinary test fold and on one where the shortcut breaks.
 
 For one bundle: trains a plain DenseNet121 and one guided classifier per ``--weights`` value (each in its own bundle
-root under ``--work``, on the same data and split, with the bundle's trained segmenter copied in), keeps the guided
-weight with the best validation selection score (the bundle's own model-selection metric; the test folds are never
-used to choose), then evaluates and interprets (raw Grad-CAM, review threshold calibrated on validation) every
-classifier on the ordinary test fold and on ``--reversed`` (the same layout, artefact-class association reversed),
-and prints one table: AUROC, balanced accuracy, the raw maps' IoU@q, relevance mass and precision inside the region,
-the share flagged for review by SegU, and training time. Prepare the data and segmenter first (scripts/demo.sh or
-scripts/prepare.sh, which also write the reversed set), e.g.::
+root under ``--work``, on the same data and split, with the bundle's trained segmenter copied in), calibrates each
+on the validation fold and chooses the weight there (``segx_monai.report.guidance.choose_guidance``: the most
+relevance inside the region among the guided classifiers whose validation selection score is within a tolerance of
+the plain one's; the test folds are never used to choose), then evaluates and interprets (raw Grad-CAM, review
+threshold calibrated on validation) every classifier on the ordinary test fold and on ``--reversed`` (the same
+layout, artefact-class association reversed), and prints one table: AUROC, balanced accuracy, the raw maps' IoU@q,
+relevance mass and precision inside the region, the share flagged for review by SegU, and training time; the same
+table goes to ``<work>/<bundle>_guidance.json`` and ``.html``. The demo data, reversed set and segmenter are made
+where missing (as scripts/demo.sh makes them), e.g.::
 
-    python benchmarks/bench_guidance.py ham_segx --reversed bundles/ham_segx/data/synthetic_reversed --weights 1 10
+    python benchmarks/bench_guidance.py ham_segx --weights 1 10
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from segx_monai.report.guidance import MASS, SCORE, SCORE_TOLERANCE, choose_guidance, write_guidance_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--region", default="ground_truth", choices=["ground_truth", "segmenter"])
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--max-epochs", type=int, default=5)
+    parser.add_argument("--tolerance", type=float, default=SCORE_TOLERANCE,
+                        help="how far below the plain classifier's validation selection score a guided one may be chosen")
     args = parser.parse_args()
 
     bundle_dir = REPO / "bundles" / args.bundle
@@ -97,7 +103,7 @@ def main() -> None:
                "precision (top q in region)": "cprecision", "flagged": "review"}
     variants = {"plain": []} | {f"{args.method} w={w:g}": ["--guidance", args.method, "--guidance_weight", str(w),
                                                          "--guidance_region", args.region] for w in args.weights}
-    results, selection = {}, {}
+    results, validation = {}, {}
     common = ["--dataset_dir", str(dataset)]
     for name, guidance in variants.items():
         root = args.work / args.bundle / re.sub(r"[^a-z0-9.]+", "_", name)
@@ -114,37 +120,44 @@ def main() -> None:
             trained.with_suffix(".partial").write_text(json.dumps({"seconds": seconds, "score": score}))
             trained.with_suffix(".partial").replace(trained)
         record = json.loads(trained.read_text())
-        selection[name] = record["score"]
-        row = {"training s": record["seconds"], "validation score": selection[name]}
+        interpret = ["inference.yaml", "interpret.yaml"]
+        calibrated = root / "calibrate" / "validation"
+        bundle_run(args.bundle, root, "calibrating", [*interpret, "calibrate.yaml"], *common, "--sanity_checks", "False",
+                   "--calibrate_dir", str(calibrated))
+        validation[name] = {SCORE: record["score"],
+                            MASS: sample_means(calibrated / "samples.csv", {MASS: columns["relevance mass"]})[MASS]}
+        row = {"training s": record["seconds"]}
         for fold, test in (("test", []), ("reversed", ["--test_dataset_dir", str(args.reversed.resolve())])):
             eval_dir = ["--eval_dir", str(root / "eval" / fold)]
             bundle_run(args.bundle, root, "evaluating", [*train, "evaluate.yaml"], *common, *test, *eval_dir)
             metrics = read_metrics(root / "eval" / fold / "metrics.csv")
             row[f"{fold} AUROC"] = metrics["test_macro_auroc"]
             row[f"{fold} balanced acc"] = metrics.get("test_balanced_accuracy", float("nan"))
-            interpret = ["inference.yaml", "interpret.yaml"]
-            if fold == "test":
-                bundle_run(args.bundle, root, "calibrating", [*interpret, "calibrate.yaml"], *common, "--sanity_checks", "False")
             interpret_dir = root / "interpret" / fold
             bundle_run(args.bundle, root, "interpreting", interpret, *common, *test, *eval_dir, "--sanity_checks", "False",
                        "--interpret_dir", str(interpret_dir))
             for metric, value in sample_means(interpret_dir / "samples.csv", columns).items():
                 row[f"{fold} {metric}"] = value
         results[name] = row
-        print(f"{name}: {json.dumps(row)}", flush=True)
+        print(f"{name}: {json.dumps(validation[name] | row)}", flush=True)
 
-    guided = [n for n in variants if n != "plain"]
-    chosen = max(guided, key=lambda n: selection[n])
-    shown = ["plain", *guided]
-    print(f"\n{args.bundle}, {args.method} guidance from {args.region}; weight chosen on validation: {chosen} "
-          f"(validation selection score {selection[chosen]:.3f})\n")
-    print("| metric | " + " | ".join(shown) + " |")
-    print("|---|" + "---|" * len(shown))
-    for metric in results["plain"]:
-        print(f"| {metric} | " + " | ".join(f"{results[n][metric]:.3f}" for n in shown) + " |")
+    chosen = choose_guidance(validation, args.tolerance)
     plain_s = results["plain"]["training s"]
-    print("| training time ratio | " + " | ".join(f"{results[n]['training s'] / plain_s:.2f}" for n in shown) + " |")
-    (args.work / f"{args.bundle}_guidance.json").write_text(json.dumps({"chosen": chosen, "results": results}, indent=1))
+    for row in results.values():
+        row["training time ratio"] = row["training s"] / plain_s
+    print(f"\n{args.bundle}, {args.method} guidance from {args.region}; chosen on validation: {chosen} "
+          f"({MASS} {validation[chosen][MASS]:.3f}, {SCORE} {validation[chosen][SCORE]:.3f})\n")
+    print("| metric | " + " | ".join(variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    for metric in (SCORE, MASS):
+        print(f"| {metric} | " + " | ".join(f"{validation[n][metric]:.3f}" for n in variants) + " |")
+    for metric in results["plain"]:
+        print(f"| {metric} | " + " | ".join(f"{results[n][metric]:.3f}" for n in variants) + " |")
+    settings = {"bundle": args.bundle, "method": args.method, "region": args.region, "max_epochs": args.max_epochs,
+                "weights": args.weights, "reversed": str(args.reversed)}
+    page = write_guidance_report(args.work / f"{args.bundle}_guidance.json", {
+        "settings": settings, "tolerance": args.tolerance, "chosen": chosen, "validation": validation, "variants": results})
+    print(page)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from torch import nn
 
+from segx_monai.bundle.errors import root_cause
 from segx_monai.core.guidance import gradcam_maps, input_gradient_maps, outside_mass, true_class_scores
 from segx_monai.handlers.guidance import ExplanationGuidance
 
@@ -163,3 +164,38 @@ def test_guided_chest_training_with_ground_truth_lungs(chest_dir, tmp_path):
     # the lungs, resampled with the image by the augmentation (the handler takes > 0.5)
     assert tuple(batch["lung_mask"].shape) == (1, 64, 64) and batch["lung_mask"].min() >= 0 and batch["lung_mask"].max() == 1
     assert workflow.parser.get_parsed_content("augmented_keys") == ["image", "lung_mask"]
+
+
+GUIDE_BY_SEGMENTER = [*TRAIN_CLASSIFIER, "guide_by_segmenter.yaml"]
+
+
+def test_guided_bundle_training_with_the_frozen_segmenters_regions(ham_dir, tmp_path, trained_ham_bundle):
+    root = tmp_path / "by_segmenter"
+    (root / "models").mkdir(parents=True)
+    shutil.copy(trained_ham_bundle / "models" / "segmenter.pt", root / "models" / "segmenter.pt")
+    before = _weights(root / "models" / "segmenter.pt")
+    workflow = ham_workflow(root, ham_dir, GUIDE_BY_SEGMENTER, guidance_weight=5.0)
+    workflow.initialize()
+    guidance = workflow.parser.get_parsed_content("extra_train_handlers")[-1]
+    assert guidance.region_source == "segmenter" and workflow.parser.get_parsed_content("load_region") == []
+    seen = []
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: seen.append(e.state.output["guidance"].item()))
+    workflow.run()
+    # the trained segmenter was loaded (not its random initialisation) and left as it was
+    segmenter = {k: v.cpu() for k, v in guidance.segmenter.state_dict().items()}
+    assert all(torch.equal(segmenter[k], v) for k, v in before.items() if k in segmenter)
+    assert all(not p.requires_grad for p in guidance.segmenter.parameters())
+    assert seen and all(g >= 0 for g in seen) and any(g > 0 for g in seen)
+    guided, plain = _weights(root / "models" / "model.pt"), _weights(trained_ham_bundle / "models" / "model.pt")
+    assert any(not torch.equal(guided[k], v) for k, v in plain.items())
+
+
+def test_segmenter_regions_need_their_overlay_and_guidance(ham_dir, tmp_path):
+    for folder, configs, overrides, expected in (
+        ("a", TRAIN_CLASSIFIER, {"guidance": "gradcam", "guidance_region": "segmenter"}, "compose configs/guide_by_segmenter.yaml"),
+        ("b", GUIDE_BY_SEGMENTER, {"guidance": "none"}, "guidance: expected one of input_gradient, gradcam"),
+    ):
+        with pytest.raises(Exception) as raised:
+            ham_workflow(tmp_path / folder, ham_dir, configs, **overrides).initialize()
+        assert expected in str(root_cause(raised.value))

@@ -40,11 +40,14 @@ class ExplanationGuidance:
         target_layer: nn.Module | str | None = None,
     ) -> None:
         if method not in METHODS[1:]:
-            raise ValueError(f"guidance: expected one of {', '.join(METHODS)}, got {method!r}.")
+            raise ValueError(f"guidance: expected one of {', '.join(METHODS[1:])} where guidance is trained, got {method!r}.")
         if region_source not in REGION_SOURCES:
             raise ValueError(f"guidance_region: expected one of {', '.join(REGION_SOURCES)}, got {region_source!r}.")
         if region_source == "segmenter" and segmenter is None:
-            raise ValueError("guidance_region: segmenter needs the segmenter network.")
+            raise ValueError(
+                "guidance_region: segmenter needs the segmenter network (in the bundles: compose configs/guide_by_segmenter.yaml "
+                "after train_classifier.yaml)."
+            )
         if not weight >= 0:
             raise ValueError(f"guidance_weight: expected a number >= 0, got {weight!r}.")
         if not isinstance(margin, int) or margin < 0:
