@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,17 @@ def test_two_process_interpretation_report_equals_one_process(bundle, request, t
     assert curves[0]["n"] == curves[1]["n"]
     assert curves[0]["auitc_curve_segx"] == pytest.approx(curves[1]["auitc_curve_segx"], abs=1e-6)
     assert {p.name for p in (single_dir / "maps").iterdir()} == {p.name for p in (ddp_dir / "maps").iterdir()}
+
+
+def test_two_process_guided_training_with_the_frozen_segmenter(ham_dir, trained_ham_bundle, tmp_path):
+    """Grad-CAM guidance through DistributedDataParallel (its layer found in the wrapped module; the double backward
+    before DDP's one gradient reduction), with the segmenter's regions: the run completes and rank 0 writes the model."""
+    root = tmp_path / "ddp_guided"
+    (root / "models").mkdir(parents=True)
+    shutil.copy(trained_ham_bundle / "models" / "segmenter.pt", root / "models" / "segmenter.pt")
+    configs = ["inference.yaml", "train_classifier.yaml", "guide_by_segmenter.yaml", "multi_gpu_train.yaml"]
+    out = torchrun(HAM_CONFIGS, configs, "training", bundle_root=root, dataset_dir=ham_dir,
+                   **{**TINY, "max_epochs": 1, "batch_size": TINY["batch_size"] // 2, "guidance_weight": 5.0})
+    assert re.search(r"best validation val_auroc \S+ at epoch 1", out)
+    saved = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert saved and all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
