@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segx_monai.report.guidance import MASS, SCORE, SCORE_TOLERANCE, choose_guidance, write_guidance_report
+from segx_monai.report.guidance import MASS, SCORE, SCORE_TOLERANCE, choose_guidance, comparison_rows, write_guidance_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,16 +147,16 @@ def main() -> None:
         row["training time ratio"] = row["training s"] / plain_s
     print(f"\n{args.bundle}, {args.method} guidance from {args.region}; chosen on validation: {chosen} "
           f"({MASS} {validation[chosen][MASS]:.3f}, {SCORE} {validation[chosen][SCORE]:.3f})\n")
-    print("| metric | " + " | ".join(variants) + " |")
-    print("|---|" + "---|" * len(variants))
-    for metric in (SCORE, MASS):
-        print(f"| {metric} | " + " | ".join(f"{validation[n][metric]:.3f}" for n in variants) + " |")
-    for metric in results["plain"]:
-        print(f"| {metric} | " + " | ".join(f"{results[n][metric]:.3f}" for n in variants) + " |")
     settings = {"bundle": args.bundle, "method": args.method, "region": args.region, "max_epochs": args.max_epochs,
                 "weights": args.weights, "reversed": str(args.reversed)}
-    page = write_guidance_report(args.work / f"{args.bundle}_guidance.json", {
-        "settings": settings, "tolerance": args.tolerance, "chosen": chosen, "validation": validation, "variants": results})
+    comparison = {"settings": settings, "tolerance": args.tolerance, "chosen": chosen, "validation": validation,
+                  "variants": results}
+    names, validation_rows, test_rows = comparison_rows(comparison)
+    print("| metric | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for row in [*validation_rows, *test_rows]:
+        print(f"| {row[0]} | " + " | ".join(f"{v:.3f}" for v in row[1:]) + " |")
+    page = write_guidance_report(args.work / f"{args.bundle}_guidance.json", comparison)
     print(page)
 
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from segx_monai.report.guidance import MASS, SCORE, choose_guidance, guidance_html, write_guidance_report
+from segx_monai.report.guidance import MASS, SCORE, choose_guidance, comparison_rows, guidance_html, write_guidance_report
 
 VALIDATION = {
     "plain": {SCORE: 1.0, MASS: 0.55},
@@ -44,6 +44,11 @@ def test_the_page_marks_the_choice_and_shows_every_figure(tmp_path):
     assert "gradcam w=1 (chosen)" in text and "gradcam w=10 (chosen)" not in text
     for value in ("0.900", "0.710", "0.920", "0.800", "0.950"):
         assert value in text
+    # the fall from the ordinary to the reversed fold, by hand: 0.90 - 0.70 for each classifier; no balanced accuracy here
+    names, _, rows = comparison_rows(comparison)
+    drops = {row[0]: row[1:] for row in rows}
+    assert drops["AUROC drop, test to reversed"] == pytest.approx([0.2, 0.2, 0.2])
+    assert all(math.isnan(v) for v in drops["balanced acc drop, test to reversed"])
     assert json.loads((tmp_path / "ham_segx_guidance.json").read_text())["chosen"] == "gradcam w=1"
     assert guidance_html(comparison) == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ham_segx_guidance.html", "ham_segx_guidance.json"]

@@ -35,14 +35,27 @@ def choose_guidance(validation: Mapping[str, Mapping[str, float]], tolerance: fl
     return max(eligible, key=eligible.get) if eligible else PLAIN
 
 
+DROPS = ("AUROC", "balanced acc")  # figures whose fall from the ordinary to the reversed test fold is shown
+
+
+def comparison_rows(comparison: Mapping) -> tuple[list[str], list[list], list[list]]:
+    """The column names (variants), the validation rows and the test rows (each variant's figures, then the fall of
+    AUROC and balanced accuracy from the ordinary to the reversed test fold): what the page and the benchmark print."""
+    names = list(comparison["variants"])
+    variants = comparison["variants"]
+    validation = [[figure, *(comparison["validation"][n][figure] for n in names)] for figure in (SCORE, MASS)]
+    rows = [[metric, *(variants[n].get(metric, math.nan) for n in names)] for metric in variants[PLAIN]]
+    rows += [[f"{metric} drop, test to reversed",
+              *(variants[n].get(f"test {metric}", math.nan) - variants[n].get(f"reversed {metric}", math.nan) for n in names)]
+             for metric in DROPS]
+    return names, validation, rows
+
+
 def guidance_html(comparison: Mapping) -> str:
     """The comparison (``variants``: name → figures; ``chosen``; ``validation``; ``settings``) as an offline HTML page."""
-    names = list(comparison["variants"])
+    names, validation, rows = comparison_rows(comparison)
     settings = comparison["settings"]
-    metrics = list(comparison["variants"][PLAIN])
     header = ["Metric", *(f"{n} (chosen)" if n == comparison["chosen"] else n for n in names)]
-    rows = [[metric, *(comparison["variants"][n].get(metric, math.nan) for n in names)] for metric in metrics]
-    validation = [[figure, *(comparison["validation"][n][figure] for n in names)] for figure in (SCORE, MASS)]
     body = render.paragraph(
         f"{settings['bundle']}: a plain classifier and classifiers trained with {settings['method']} guidance (weight w) "
         f"from the {settings['region'].replace('_', ' ')} region, on the same data and split, "
