@@ -72,6 +72,7 @@ def segx(
     mask_threshold: float = 0.5,
     dilation: int = 0,
     soft_mask: bool = False,
+    top: torch.Tensor | None = None,
 ) -> SegXResult:
     """Restrict explanation maps to the clinical region ``M = 1[seg_probs > mask_threshold]`` (METHOD.md §2).
 
@@ -84,14 +85,15 @@ def segx(
     ``dilation`` grows M by that many pixels with a disk; ``soft_mask`` weighs the heatmap by ``seg_probs``
     instead of M (M still decides the intersection and emptiness). A sample whose M is empty keeps its raw map
     (heatmap = E, binary = top ``q`` of E) and is flagged in ``empty_mask``. Maps are resampled to the mask grid
-    when sizes differ (see ``align_map_to_mask``).
+    when sizes differ (see ``align_map_to_mask``). ``top``: the maps' ``top_fraction_mask`` at ``q`` on the mask grid
+    when already at hand.
     """
     variant = look_up_option(variant, VARIANTS)
     check_fraction(q)
     maps = align_map_to_mask(maps, seg_probs)
     mask = dilate_disk(seg_probs > mask_threshold, dilation)
     heatmap = maps * (seg_probs if soft_mask else mask).to(maps.dtype)
-    raw_top = top_fraction_mask(maps, q)
+    raw_top = top_fraction_mask(maps, q) if top is None else top
     binary = top_fraction_mask(heatmap, q) if variant == "rethreshold" else raw_top & mask
     values = maps.flatten(1)  # a constant raw map says nothing about location: no binary map, even inside M
     binary &= per_sample(values.amax(dim=1) > values.amin(dim=1), binary)

@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import MetricReduction
 
+from segx_monai.core.segu import threshold_curve_and_area
 from segx_monai.handlers.contract import (
     DECLARED_SETS,
     LOCALIZATION_METRICS,
@@ -30,6 +31,7 @@ from segx_monai.handlers.contract import (
     curve_field,
     localization_column,
 )
+from segx_monai.handlers.shared import shared_levels, shared_top
 from segx_monai.handlers.writers import IterationHandler, item_rows
 from segx_monai.metrics.localization import (
     AUITCMetric,
@@ -112,6 +114,7 @@ class LocalizationScores(IterationHandler):
         curves_path: str | Path | None = None, prefix: str = "",
     ) -> None:
         self.gt_key, self.per_class, self.curves_path = gt_key, per_class, curves_path
+        self.q, self.n_thresholds = q, n_thresholds
         self.requires = (OutputKeys.MAP, OutputKeys.SEGX_MAP, OutputKeys.SEGX_BINARY) + ((OutputKeys.EXPLAINED_CLASSES,) if per_class else ())
         metric_types = {"iou_at_q": partial(IoUAtQMetric, q=q), "auitc": partial(AUITCMetric, n_thresholds=n_thresholds),
                         "hit": HitRateMetric, "relevance_mass": RelevanceMassMetric}
@@ -135,16 +138,22 @@ class LocalizationScores(IterationHandler):
         if not pairs:
             return
         gt = torch.cat([pair_masks(b, item, self.gt_key, self.per_class) for b, item in pairs]) > 0
-        rows = [row for _, item in pairs for row in item_rows(item)]
+        explained = [item for _, item in pairs]
+        rows = [row for item in explained for row in item_rows(item)]
         for variant, key in MAP_VARIANTS.items():
-            maps = torch.cat([item[key] for _, item in pairs])
-            declared = {"selected": torch.cat([item[DECLARED_SETS[variant]] for _, item in pairs])} if variant in DECLARED_SETS else {}
+            maps = torch.cat([item[key] for item in explained])
+            if variant in DECLARED_SETS:
+                options = dict.fromkeys(SET_METRICS, {"selected": torch.cat([item[DECLARED_SETS[variant]] for item in explained])})
+            else:  # IoU@q of the map's own top fraction q, found once per batch (shared_top)
+                options = {"iou_at_q": {"selected": shared_top(engine, explained, key, gt, self.q)}}
+            levels = shared_levels(engine, explained, key, gt, self.n_thresholds)
+            curve, auitc = threshold_curve_and_area(maps, gt, self.n_thresholds, levels)  # one curve: AUITC and the curves
+            self.curves[variant].add(curve)
             for metric in LOCALIZATION_METRICS:
-                column = self.columns[variant, metric]
-                options = declared if metric in SET_METRICS else {}
-                for row, value in zip(rows, self.metrics[variant, metric](maps, gt, **options)[:, 0].tolist()):
-                    row[column] = value
-            self.curves[variant](maps, gt)
+                scorer = self.metrics[variant, metric]
+                scores = scorer.add(auitc) if metric == "auitc" else scorer(maps, gt, **options.get(metric, {}))
+                for row, value in zip(rows, scores[:, 0].tolist()):
+                    row[self.columns[variant, metric]] = value
 
     def finish(self, engine: Engine) -> None:
         """The means over every scored pair (of every rank) to ``engine.state.metrics``; rank 0 writes the curves."""

@@ -15,11 +15,13 @@ import torch
 from ignite.engine import Engine
 
 from segx_monai.core import (
-    compute_cauitc, compute_ciou, compute_cprecision, compute_crank_accuracy, compute_crelevance_mass, segx,
+    align_map_to_mask, compute_cauitc, compute_ciou, compute_cprecision, compute_crank_accuracy, compute_crelevance_mass,
+    segx, top_fraction_mask,
 )
 from segx_monai.explainers import Explainer, explain_positive_classes
 from segx_monai.handlers.contract import CERTAINTY_SCORES, Columns, OutputKeys
 from segx_monai.handlers.localization import LocalizationScores
+from segx_monai.handlers.shared import shared_levels, shared_top
 from segx_monai.handlers.writers import IterationHandler, item_rows
 from segx_monai.metrics.calibration import combined_score
 
@@ -42,12 +44,20 @@ def _repeat_per_pair(items: Sequence[dict], key: str, count_key: str = OutputKey
     return torch.cat([item[key][None].expand(item[count_key].shape[0], *item[key].shape) for item in items])
 
 
-def certainty_scores(maps: torch.Tensor, regions: torch.Tensor, q: float, n_thresholds: int) -> dict[str, torch.Tensor]:
-    """Every SegU score of ``CERTAINTY_SCORES``, ``(B,)`` each, of the raw ``maps`` with the predicted ``regions``."""
+def certainty_scores(
+    maps: torch.Tensor, regions: torch.Tensor, q: float, n_thresholds: int,
+    top: torch.Tensor | None = None, levels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every SegU score of ``CERTAINTY_SCORES``, ``(B,)`` each, of the raw ``maps`` with the predicted ``regions``.
+
+    The maps' top fraction ``q`` (``top_fraction_mask``) is found once for the two scores that use it; ``top`` and
+    ``levels`` (``normalized_levels``), on the regions' grid, are that work when another handler has done it."""
+    maps = align_map_to_mask(maps, regions)
+    top = top_fraction_mask(maps, q) if top is None else top
     return {
-        Columns.CIOU: compute_ciou(maps, regions, q),
-        Columns.CAUITC: compute_cauitc(maps, regions, n_thresholds),
-        Columns.CPRECISION: compute_cprecision(maps, regions, q),
+        Columns.CIOU: compute_ciou(maps, regions, q, top),
+        Columns.CAUITC: compute_cauitc(maps, regions, n_thresholds, levels),
+        Columns.CPRECISION: compute_cprecision(maps, regions, q, top),
         Columns.CRELEVANCE_MASS: compute_crelevance_mass(maps, regions),
         Columns.CRANK_ACCURACY: compute_crank_accuracy(maps, regions),
     }
@@ -106,7 +116,9 @@ class SegXMaps(IterationHandler):
 
     def __call__(self, engine: Engine) -> None:
         items = self.output(engine)
-        result = segx(_stack_pairs(items, OutputKeys.MAP), _repeat_per_pair(items, self.region_key), **self.kwargs)
+        probs = _repeat_per_pair(items, self.region_key)
+        top = shared_top(engine, items, OutputKeys.MAP, probs, self.kwargs["q"])
+        result = segx(_stack_pairs(items, OutputKeys.MAP), probs, **self.kwargs, top=top)
         made = ((OutputKeys.SEGX_MAP, result.heatmap), (OutputKeys.SEGX_BINARY, result.binary), (OutputKeys.REGION_MASK, result.mask))
         for key, values in made:
             _split_pairs(values, items, key)
@@ -146,8 +158,10 @@ class SegUScores(IterationHandler):
     def __call__(self, engine: Engine) -> None:
         items = self.output(engine)
         maps, regions = _stack_pairs(items, OutputKeys.MAP), _stack_pairs(items, OutputKeys.REGION_MASK)
+        top = shared_top(engine, items, OutputKeys.MAP, regions, self.q)
+        levels = shared_levels(engine, items, OutputKeys.MAP, regions, self.n_thresholds)
         scores = {
-            **certainty_scores(maps, regions, self.q, self.n_thresholds),
+            **certainty_scores(maps, regions, self.q, self.n_thresholds, top, levels),
             Columns.REGION_FRACTION: regions.flatten(1).float().mean(dim=1),
         }
         rows = [row for item in items for row in item_rows(item) if item[OutputKeys.MAP].shape[0]]

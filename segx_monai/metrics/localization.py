@@ -20,7 +20,9 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, evenly_divisible_all_gather
 
 from segx_monai.core.maps import minmax_normalize
-from segx_monai.core.segu import iou, relevance_mass, threshold_curve_area, threshold_curve_iou, top_fraction_iou
+from segx_monai.core.segu import (
+    iou, relevance_mass, threshold_curve_area, threshold_curve_iou, threshold_grid, top_fraction_iou,
+)
 from segx_monai.core.segx import align_map_to_mask
 
 
@@ -106,8 +108,18 @@ class PerSampleScoreMetric(CumulativeIterationMetric):
         """Score one batch of maps ``y_pred`` against ground truths ``y``, as a ``(B, *sample_shape)`` buffer entry
         (float64, one dtype on every rank whatever the maps' precision); ``options`` (e.g. ``selected``) go to
         ``score_fn``."""
-        scores = self.score_fn(y_pred, y, **options)
+        return self._entry(self.score_fn(y_pred, y, **options))
+
+    def _entry(self, scores: torch.Tensor) -> torch.Tensor:
+        """The buffer entry of one batch's ``(B,)`` scores."""
         return scores.double().reshape(len(scores), *self.sample_shape)
+
+    def add(self, scores: torch.Tensor) -> torch.Tensor:
+        """Buffer one batch's scores ``score_fn`` would give, computed elsewhere (in one pass with other metrics), and
+        return the buffer entry, as calling the metric does."""
+        entry = self._entry(scores)
+        self.extend(entry)
+        return entry
 
     def _sync(self) -> None:
         """Gather every rank's scores with MONAI's ``evenly_divisible_all_gather``, on a rank that scored no sample
@@ -177,8 +189,10 @@ class IoUThresholdCurveMetric(PerSampleScoreMetric):
         super().__init__(self.curves, sample_shape=(n_thresholds,))
 
     def curves(self, maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """The ``(B, n_thresholds)`` curves of one batch."""
-        return threshold_curve_iou(minmax_normalize(maps), gt, self.thresholds.to(maps.device))
+        """The ``(B, n_thresholds)`` curves of one batch: the maps on G's grid, min-max normalised, on
+        ``threshold_grid``, as ``compute_auitc`` integrates them (``threshold_curve_and_area``)."""
+        maps = minmax_normalize(align_map_to_mask(maps, gt))
+        return threshold_curve_iou(maps, gt, threshold_grid(len(self.thresholds), maps))
 
     def aggregate(self) -> tuple[torch.Tensor, int]:  # type: ignore[override]
         """``(mean curve (n_thresholds,) float64, number of samples with a G)``."""
