@@ -18,7 +18,7 @@ from monai.handlers import CheckpointSaver
 from PIL import Image
 
 from segx_monai.handlers.model_selection import TIE_WEIGHT, ModelSelection, selection_score
-from segx_monai.metrics.classification import BalancedAccuracy, MacroAUROC, MeanLoss
+from segx_monai.metrics.classification import BalancedAccuracy, MacroAUROC, MeanLoss, MulticlassAccuracy
 
 # a network small enough that a real training of a few epochs takes seconds on a CPU (the bundle's DenseNet121, tiny)
 TINY_DENSENET = {
@@ -158,6 +158,15 @@ def test_balanced_accuracy_over_present_classes(records):
     assert any("2 of 3 classes present: no sample of ['df']" in m for m in warnings_of(records))
 
 
+def test_accuracy_of_logits_and_class_indices_is_that_of_probabilities_and_one_hot_labels():
+    # as a trainer hands them over, decollated: argmax 0, 1, 0, 2 against 0, 1, 2, 2 -> 3 of 4 right
+    logits, labels = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 0.5], [0.0, -1.0, 5.0]]), torch.tensor([0, 1, 2, 2])
+    from_logits, from_probabilities = MulticlassAccuracy(3), MulticlassAccuracy(3)
+    from_logits(list(logits), list(labels))
+    from_probabilities(list(logits.softmax(1)), list(torch.nn.functional.one_hot(labels, 3).float()))
+    assert from_logits.aggregate().item() == from_probabilities.aggregate().item() == 0.75
+
+
 def test_mean_loss_by_hand():
     single = MeanLoss()
     single(torch.tensor([[0.5, 0.5], [0.9, 0.1]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
@@ -226,6 +235,24 @@ def test_saturated_auroc_keeps_the_later_epoch_with_lower_loss(tmp_path, records
     said = warnings_of(records)
     assert any("no positive ['bkl', 'bcc', 'akiec', 'vasc', 'df']" in m for m in said)
     assert any("The validation fold has 6 samples" in m for m in said)
+
+
+def test_the_training_accuracy_is_the_share_of_logits_whose_arg_max_is_the_label(tmp_path):
+    """The classifier's training runs no per-sample post-processing: its accuracy reads the logits and class indices,
+    and is the same value as from the probabilities and one-hot labels it was computed from before."""
+    workflow = ham_workflow(tmp_path / "bundle", two_class_ham(tmp_path / "HAM10000"), ["inference.yaml", "train_classifier.yaml"],
+                            max_epochs=2, val_fraction=0.3, test_fraction=0.2, network_def=TINY_DENSENET, learning_rate=1e-2)
+    workflow.initialize()
+    trainer, outputs, accuracies = workflow.parser.get_parsed_content("train#trainer"), [], []
+    assert trainer.optim_set_to_none
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: outputs.clear())
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.extend(e.state.output))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: accuracies.append((e.state.metrics["train_accuracy"], [dict(o) for o in outputs])))
+    workflow.run()
+    for reported, items in accuracies:
+        logits, labels = torch.stack([o["pred"] for o in items]), torch.tensor([o["label"] for o in items])
+        assert not torch.allclose(logits.sum(1), torch.ones(len(items)))  # logits, not probabilities
+        assert reported == (logits.softmax(1).argmax(1) == labels).double().mean().item()
 
 
 def test_chest_classifier_ranks_by_the_selection_score(tmp_path, chest_dir):

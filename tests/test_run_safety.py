@@ -100,12 +100,12 @@ SAVING_CHILD = textwrap.dedent("""
     import sys, torch
     from ignite.engine import Engine, Events
     from ignite.handlers import Checkpoint
-    from segx_monai.handlers.checkpoint import AtomicDiskSaver
-    folder = sys.argv[1]
+    from segx_monai.handlers import checkpoint
+    folder, resume_saver = sys.argv[1], getattr(checkpoint, sys.argv[2])
     state = torch.nn.ParameterDict({"w": torch.nn.Parameter(torch.zeros(6_000_000))})  # 24 MB a file
-    best = Checkpoint({"model": state}, AtomicDiskSaver(folder, filename="classifier.pt"), score_function=lambda e: e.state.epoch, n_saved=1)
+    best = Checkpoint({"model": state}, checkpoint.AtomicDiskSaver(folder, filename="classifier.pt"), score_function=lambda e: e.state.epoch, n_saved=1)
     engine = Engine(lambda e, b: None)
-    resume = Checkpoint({"model": state, "trainer": engine}, AtomicDiskSaver(folder), filename_prefix="resume", n_saved=1,
+    resume = Checkpoint({"model": state, "trainer": engine}, resume_saver(folder), filename_prefix="resume", n_saved=1,
                         global_step_transform=lambda e, _: e.state.epoch)
     @engine.on(Events.EPOCH_COMPLETED)
     def save(e):
@@ -116,12 +116,14 @@ SAVING_CHILD = textwrap.dedent("""
 """)
 
 
-def test_saves_killed_mid_write_keep_a_complete_best_model_and_resume_point(tmp_path):
+@pytest.mark.parametrize("resume_saver", ["AtomicDiskSaver", "BackgroundDiskSaver"])
+def test_saves_killed_mid_write_keep_a_complete_best_model_and_resume_point(tmp_path, resume_saver):
     """SIGKILL while the best model, then while a resume point, is half-written: the file under the real name is the
-    previous complete one (Ignite/MONAI deleted it first, or wrote it in place), and a resume point is left."""
+    previous complete one (Ignite/MONAI deleted it first, or wrote it in place), and a resume point is left. Written
+    in the background, the resume point is the state of its own epoch, though the next epoch changes it meanwhile."""
     log = tmp_path / "child.log"
     for round_, target in enumerate(["classifier.pt", "resume_checkpoint", "classifier.pt", "resume_checkpoint"]):
-        child = subprocess.Popen([sys.executable, "-c", SAVING_CHILD, str(tmp_path)], cwd=REPO, stdout=log.open("w"),
+        child = subprocess.Popen([sys.executable, "-c", SAVING_CHILD, str(tmp_path), resume_saver], cwd=REPO, stdout=log.open("w"),
                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:  # a round starts once the previous complete files are there, then waits for a half-written target
             wait_for(lambda: (tmp_path / "classifier.pt").exists() and latest_epoch_checkpoint(tmp_path) is not None, child, timeout=120)
@@ -245,6 +247,32 @@ def test_staged_output_swaps_only_when_complete_and_repairs_a_killed_swap(tmp_pa
     assert "Restoring" in records.text and "unfinished output" in records.text
     assert sorted(p.name for p in tmp_path.iterdir()) == [".gradcam_rethreshold.failed", "gradcam_rethreshold"]
     assert (out / "report.html").read_text() == "new"
+
+
+class _Unsaveable(torch.nn.Linear):
+    """A module whose state cannot be pickled from ``fail_at`` on (a full disk, say, in the writer's thread)."""
+
+    fail_at = 2
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(3, 2)
+        self.engine = [engine]
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        if self.engine[0].state.epoch >= self.fail_at:
+            state["unsaveable"] = lambda: None
+        return state
+
+
+def test_a_resume_point_that_fails_to_write_in_the_background_fails_the_run_and_keeps_the_previous_one(tmp_path):
+    trainer = Engine(lambda e, b: None)
+    ResumableCheckpoint(tmp_path, {"model": _Unsaveable(trainer)}).attach(trainer)
+    with pytest.raises(AttributeError, match="pickle"):
+        trainer.run([0], max_epochs=3)
+    assert trainer.state.epoch == 3  # epoch 2's write failed meanwhile: raised when epoch 3's point is to be saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resume_checkpoint_1.pt"]  # no partial file, the last good kept
+    assert torch.load(tmp_path / "resume_checkpoint_1.pt", weights_only=True)["trainer"]["iteration"] == 1  # one per epoch
 
 
 # ---- the bundle workflows

@@ -3,6 +3,7 @@ moment leaves the previous complete file or the new complete one, never a trunca
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from segx_monai.utils.background import BackgroundWriter
 from segx_monai.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -72,14 +74,18 @@ class AtomicDiskSaver(DiskSaver):
         self.filename, self.saves, self._to_remove = filename, 0, []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        to_remove, self._to_remove = self._to_remove, []
+        self._write(checkpoint, filename, metadata, to_remove)
+
+    def _write(self, checkpoint: Mapping, filename: str, metadata: Mapping | None, to_remove: list[str]) -> None:
+        """Save ``checkpoint``, then delete the files of ``to_remove``."""
         filename = self.filename or filename
         super().__call__(checkpoint, filename, metadata)
         if idist.get_rank() == self.save_on_rank:
             self.saves += 1
-            for old in self._to_remove:
+            for old in to_remove:
                 if old != filename:
                     (self.dirname / old).unlink(missing_ok=True)
-        self._to_remove = []
 
     def remove(self, filename: str) -> None:
         self._to_remove.append(self.filename or filename)
@@ -102,6 +108,38 @@ class AtomicDiskSaver(DiskSaver):
                 raise
         os.chmod(tmp.name, os.stat(tmp.name).st_mode | stat.S_IRGRP | stat.S_IROTH)
         os.replace(tmp.name, path)
+
+
+def cpu_copy(state):
+    """``state`` (nested dicts, lists and tuples) with its tensors copied to the CPU and the rest deep-copied: what the
+    live objects hold at this moment, whatever they do next."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        copied = copy.copy(state)  # keeps the type and the attributes (a module state dict's _metadata)
+        copied.update((key, cpu_copy(value)) for key, value in state.items())
+        return copied
+    if type(state) in (list, tuple):
+        return type(state)(cpu_copy(value) for value in state)
+    return copy.deepcopy(state)
+
+
+class BackgroundDiskSaver(AtomicDiskSaver):
+    """:class:`AtomicDiskSaver` writing from a :class:`BackgroundWriter`: the checkpoint is copied to the CPU
+    (:func:`cpu_copy`) in the caller, which then goes on (training) while the file is written. A save first waits
+    for the previous one, so one copy at most is in memory and files are written in order; ``writer`` is to be
+    closed when the run ends (:meth:`BackgroundWriter.attach`), which raises a failed write's error.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None, **kwargs) -> None:
+        super().__init__(dirname, filename, **kwargs)
+        self.writer = BackgroundWriter(max_pending=1, name=f"checkpoint writer ({self.dirname})")
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        to_remove, self._to_remove = self._to_remove, []
+        if idist.get_rank() == self.save_on_rank:
+            self.writer.flush()
+            self.writer.submit(self._write, cpu_copy(checkpoint), filename, metadata, to_remove)
 
 
 class BestModelSaver(CheckpointSaver):
@@ -187,9 +225,11 @@ class ResumableCheckpoint:
     :class:`BestModelSaver`) is given, its record of the best model is saved and restored too, so an epoch after the
     restart that is worse than the best so far does not replace the best model.
 
-    Each resume point is written after the epoch's other handlers (validation, learning-rate step), atomically; the
-    previous one is deleted only once it is complete. At start, unfinished files of a killed save are removed and a
-    resume point that does not load is reported and the previous complete one used.
+    Each resume point is written after the epoch's other handlers (validation, learning-rate step), atomically, by a
+    :class:`BackgroundDiskSaver` (the next epoch trains meanwhile; the run waits for the write when it completes or
+    fails, and a failed write fails the run); the previous one is deleted only once it is complete. At start,
+    unfinished files of a killed save are removed and a resume point that does not load is reported and the
+    previous complete one used.
     """
 
     def __init__(
@@ -209,11 +249,10 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         to_save = {**self.save_dict, "trainer": engine}
-        self.saver = Checkpoint(
-            to_save, AtomicDiskSaver(self.save_dir), filename_prefix=PREFIX, n_saved=1,
-            global_step_transform=lambda e, _: e.state.epoch,
-        )
+        disk = BackgroundDiskSaver(self.save_dir)
+        self.saver = Checkpoint(to_save, disk, filename_prefix=PREFIX, n_saved=1, global_step_transform=lambda e, _: e.state.epoch)
         engine.add_event_handler(Events.STARTED, self.start, to_save)
+        disk.writer.attach(engine)
 
     def start(self, engine: Engine, to_load: dict) -> None:
         """Remove unfinished files, resume from the newest complete resume point (if enabled), and save one after each

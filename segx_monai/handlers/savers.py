@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import nibabel as nib
@@ -19,6 +21,8 @@ from segx_monai.explainers import explainer_class
 from segx_monai.explainers.base import InputAttributionExplainer
 from segx_monai.handlers.contract import SAVED_MAPS, Columns, OutputKeys, map_stem, pair_stem
 from segx_monai.handlers.writers import IterationHandler, item_rows
+from segx_monai.utils.background import BackgroundWriter
+from segx_monai.utils.staging import replace_atomic
 
 _COLORMAP = matplotlib.colormaps["jet"]
 PANELS = ("image", "raw", "region", "SegX")  # the overlay strip's panels, left to right, labelled in its top band
@@ -95,22 +99,50 @@ def labelled(strip: np.ndarray, labels: Sequence[str] = PANELS) -> np.ndarray:
     return np.concatenate([np.asarray(band), strip], axis=0)
 
 
+def save_png(picture: np.ndarray, path: Path) -> None:
+    """``picture`` (uint8) as a PNG file, written beside ``path`` and renamed into place."""
+    replace_atomic(path, lambda partial: Image.fromarray(picture).save(partial, format="PNG"))
+
+
+def save_nifti(volume: np.ndarray, path: Path) -> None:
+    """``volume`` as a float32 ``.nii.gz`` file (identity affine; gzip level 1 as nibabel's, no time stamp), written
+    beside ``path`` and renamed into place."""
+    data = nib.Nifti1Image(volume.astype(np.float32), np.eye(4)).to_bytes()
+    replace_atomic(path, lambda partial: partial.write_bytes(gzip.compress(data, compresslevel=1, mtime=0)))
+
+
+class SavedPair(NamedTuple):
+    """What :class:`ExplanationSaver` writes for one explained (image, finding) pair, copied out of the engine."""
+
+    image_id: str
+    finding: str | None
+    picture: np.ndarray  # (H, W, 3) uint8, as the classifier saw it
+    maps: dict[str, np.ndarray]  # SAVED_MAPS' kinds -> (H, W)
+    region: np.ndarray  # (H, W) predicted region
+    counterfactual: np.ndarray | None  # (H, W, 3) uint8
+
+
 class ExplanationSaver(IterationHandler):
     """Saves each pair's ``SAVED_MAPS`` as ``maps/<id>[_<finding>]_raw`` / ``_segx`` / ``_segx_binary`` (``.nii.gz``
     float, ``.png`` 8-bit; the binary map 0/1 and 0/255) and its overlay strip as ``overlays/<id>[_<finding>].png``;
     a pair with a counterfactual image also has it saved, as the picture shown (``counterfactuals/<id>[_<finding>]``,
-    ``.nii.gz`` in [0, 1] channel-last, ``.png``), and shown in the strip (``COUNTERFACTUAL_PANELS``).
+    ``.nii.gz`` in [0, 1] channel-last, ``.png``), and shown in the strip (``COUNTERFACTUAL_PANELS``). Each file is
+    written beside its name and renamed into place.
 
     ``mean``/``std`` are those of the images' normalisation, to show the picture the classifier saw. Maps are written
     at the network's grid; ``display_size`` enlarges the overlays so that each panel is at least that wide (nearest
     neighbour, no smoothing). ``explainer`` (its registered name) sets the overlays' colour scale, see
     ``display_percentile``: display only, the saved maps keep their values.
+
+    Attached to an engine with ``background`` (the default), the iteration only copies the arrays out and a
+    :class:`BackgroundWriter` draws and writes the files while the next batch is explained; the engine waits for them
+    when it completes or fails, and a failed write fails the run. Called directly, it writes before returning.
     """
 
     def __init__(
         self, output_dir: str | Path, mean: Sequence[float], std: Sequence[float], formats: Sequence[str] = ("nii.gz", "png"),
         overlays: bool = True, display_size: int = 224, id_key: str = Columns.IMAGE_ID, image_key: str = OutputKeys.IMAGE,
-        explainer: str | None = None,
+        explainer: str | None = None, background: bool = True,
     ) -> None:
         self.output_dir, self.mean, self.std, self.formats = Path(output_dir), mean, std, tuple(formats)
         self.percentile = display_percentile(explainer)
@@ -119,39 +151,62 @@ class ExplanationSaver(IterationHandler):
         if unknown:
             raise ValueError(f"unknown map formats {sorted(unknown)}; expected 'nii.gz' and/or 'png'.")
         self.requires = (image_key, *SAVED_MAPS.values(), OutputKeys.REGION_MASK)
+        self.background, self.writer = background, None
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        if self.background:
+            self.writer = BackgroundWriter(max_pending=2, name=f"explanation writer ({self.output_dir})")
+            self.writer.attach(engine)
 
     def _write_map(self, heat: np.ndarray, stem: str) -> None:
         if "nii.gz" in self.formats:
-            nib.save(nib.Nifti1Image(heat.astype(np.float32), np.eye(4)), self.output_dir / "maps" / f"{stem}.nii.gz")
+            save_nifti(heat, self.output_dir / "maps" / f"{stem}.nii.gz")
         if "png" in self.formats:
-            Image.fromarray((scaled_to_max(heat) * 255).round().astype(np.uint8)).save(self.output_dir / "maps" / f"{stem}.png")
+            save_png((scaled_to_max(heat) * 255).round().astype(np.uint8), self.output_dir / "maps" / f"{stem}.png")
 
     def _write_counterfactual(self, picture: np.ndarray, stem: str) -> None:
         folder = self.output_dir / COUNTERFACTUAL_DIR
         folder.mkdir(parents=True, exist_ok=True)
         if "nii.gz" in self.formats:
-            nib.save(nib.Nifti1Image(picture.astype(np.float32) / 255, np.eye(4)), folder / f"{stem}.nii.gz")
+            save_nifti(picture.astype(np.float32) / 255, folder / f"{stem}.nii.gz")
         if "png" in self.formats:
-            Image.fromarray(picture).save(folder / f"{stem}.png")
+            save_png(picture, folder / f"{stem}.png")
 
-    def __call__(self, engine: Engine) -> None:
+    def _pairs(self, engine: Engine) -> list[SavedPair]:
+        """Copies of what the iteration's pairs need written."""
+        pairs = []
+        for batch_item, item in self.items(engine):
+            picture, counterfactual = display_image(item[self.image_key], self.mean, self.std), item.get(OutputKeys.COUNTERFACTUAL)
+            for n, row in enumerate(item_rows(item)[: item[OutputKeys.MAP].shape[0]]):
+                pairs.append(SavedPair(
+                    batch_item[self.id_key], row.get(Columns.FINDING), picture,
+                    {kind: item[key][n, 0].float().cpu().numpy().copy() for kind, key in SAVED_MAPS.items()},
+                    item[OutputKeys.REGION_MASK][n, 0].cpu().numpy().copy(),
+                    None if counterfactual is None else display_image(counterfactual[n], self.mean, self.std),
+                ))
+        return pairs
+
+    def _write_pairs(self, pairs: list[SavedPair]) -> None:
         (self.output_dir / "maps").mkdir(parents=True, exist_ok=True)
         (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
-        for batch_item, item in self.items(engine):
-            picture = display_image(item[self.image_key], self.mean, self.std)
-            for n, row in enumerate(item_rows(item)[: item[OutputKeys.MAP].shape[0]]):
-                image_id, finding = batch_item[self.id_key], row.get(Columns.FINDING)
-                maps = {kind: item[key][n, 0].float().cpu().numpy() for kind, key in SAVED_MAPS.items()}
-                for kind, heat in maps.items():
-                    self._write_map(heat, map_stem(image_id, finding, kind))
-                counterfactual = None
-                if OutputKeys.COUNTERFACTUAL in item:
-                    counterfactual = display_image(item[OutputKeys.COUNTERFACTUAL][n], self.mean, self.std)
-                    self._write_counterfactual(counterfactual, pair_stem(image_id, finding))
-                if self.overlays:
-                    region = item[OutputKeys.REGION_MASK][n, 0].cpu().numpy()
-                    strip = overlay_strip(picture, maps["raw"], region, maps["segx"], maps["segx_binary"], self.percentile, counterfactual)
-                    scale = max(1, math.ceil(self.display_size / picture.shape[1]))
-                    strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
-                    panels = PANELS if counterfactual is None else COUNTERFACTUAL_PANELS
-                    Image.fromarray(labelled(strip, panels)).save(self.output_dir / "overlays" / f"{pair_stem(image_id, finding)}.png")
+        for pair in pairs:
+            for kind, heat in pair.maps.items():
+                self._write_map(heat, map_stem(pair.image_id, pair.finding, kind))
+            stem = pair_stem(pair.image_id, pair.finding)
+            if pair.counterfactual is not None:
+                self._write_counterfactual(pair.counterfactual, stem)
+            if self.overlays:
+                maps, picture = pair.maps, pair.picture
+                strip = overlay_strip(picture, maps["raw"], pair.region, maps["segx"], maps["segx_binary"], self.percentile, pair.counterfactual)
+                scale = max(1, math.ceil(self.display_size / picture.shape[1]))
+                strip = np.asarray(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
+                panels = PANELS if pair.counterfactual is None else COUNTERFACTUAL_PANELS
+                save_png(labelled(strip, panels), self.output_dir / "overlays" / f"{stem}.png")
+
+    def __call__(self, engine: Engine) -> None:
+        pairs = self._pairs(engine)
+        if self.writer is None:
+            self._write_pairs(pairs)
+        else:
+            self.writer.submit(self._write_pairs, pairs)

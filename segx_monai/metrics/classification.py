@@ -50,14 +50,19 @@ def balanced_accuracy(confusion: torch.Tensor) -> torch.Tensor:
 
 
 class ConfusionMatrixCounts(CumulativeIterationMetric):
-    """Accumulates predictions over an epoch; ``aggregate()`` gives the ``(K, K)`` confusion matrix."""
+    """Accumulates predictions over an epoch; ``aggregate()`` gives the ``(K, K)`` confusion matrix.
+
+    ``y_pred``: ``(B, K)`` probabilities or logits (one arg-max); ``y``: ``(B, K)`` one-hot labels or ``(B,)`` class
+    indices, so a trainer's metric needs no per-sample post-processing.
+    """
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        return torch.stack([y.argmax(1), y_pred.argmax(1)], dim=1)
+        true = y.argmax(1) if y.shape == y_pred.shape else y.reshape(-1).long()
+        return torch.stack([true, y_pred.argmax(1)], dim=1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         pairs = self.get_buffer().long()
