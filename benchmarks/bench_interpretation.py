@@ -57,7 +57,7 @@ def saver_background_key() -> str:
     """The config key of the explanation saver's ``background`` among interpret.yaml's writers."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / c) for c in INTERPRET])
-    (index,) = [n for n, writer in enumerate(parser["writers"]) if writer.get("_target_") == SAVER]
+    (index,) = [n for n, writer in enumerate(parser["writers"]) if isinstance(writer, dict) and writer.get("_target_") == SAVER]
     return f"writers#{index}#background"
 
 
