@@ -2,6 +2,8 @@
 
 from importlib import import_module
 
+import numpy as np
+import pytest
 import torch
 
 from segx_monai.core import maps
@@ -61,3 +63,14 @@ def test_one_implementation_of_each_helper():
     assert base.resize_maps is writers.resize_maps is maps.resize_maps
     assert base.minmax_normalize is segu.minmax_normalize is localization.minmax_normalize is maps.minmax_normalize
     assert segx.top_fraction_mask is segu.top_fraction_mask is maps.top_fraction_mask
+
+
+@pytest.mark.parametrize("p", [0.0, 0.01, 0.3, 0.5, 0.51, 0.95, 0.999, 1.0])
+def test_per_sample_quantile_is_numpys_linear_quantile_on_either_tail(p):
+    """Both order statistics come from the shorter tail's partial sort; numpy's "linear" quantile is the reference."""
+    maps = torch.rand(3, 1, 7, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    maps[0, 0, 0, :4] = 0.5  # ties
+    expected = np.quantile(maps.flatten(1).numpy(), p, axis=1)
+    assert per_sample_quantile(maps, p).numpy() == pytest.approx(expected, abs=1e-12)
+    single = torch.full((1, 1, 1, 1), 0.25)
+    assert per_sample_quantile(single, p).item() == 0.25
