@@ -5,6 +5,7 @@
 # the server runs until killed (kill "$(cat FOLDER/orthanc.pid)"). ORTHANC_LUA: a Lua script to load (e.g. a
 # ReceivedInstanceFilter). The tests read the URL from SEGX_TEST_DICOMWEB_URL:
 #   SEGX_TEST_DICOMWEB_URL="$(bash scripts/ci_orthanc.sh)" && export SEGX_TEST_DICOMWEB_URL
+# SEGX_CI_STOP: a file to which the command stopping the server is appended (.ci/run runs it on exit).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 
@@ -48,6 +49,7 @@ for _ in $(seq 120); do
   fi
   if curl -sf "$url/studies" >/dev/null; then
     echo "ci_orthanc: Orthanc $(curl -s "http://127.0.0.1:$http_port/system" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["Version"])') in $data (pid $(cat "$data/orthanc.pid"))" >&2
+    [ -z "${SEGX_CI_STOP:-}" ] || echo "kill $(cat "$data/orthanc.pid") 2>/dev/null || true" >>"$SEGX_CI_STOP"
     echo "$url"
     exit 0
   fi

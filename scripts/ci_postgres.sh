@@ -3,6 +3,7 @@
 # Installs Debian's postgresql when missing (as root) and the psycopg2 driver into $PYTHON (default python3) when
 # missing; everything else goes to stderr. The tests read the URL from SEGX_TEST_POSTGRES_URL:
 #   SEGX_TEST_POSTGRES_URL="$(PYTHON=.venv/bin/python bash scripts/ci_postgres.sh)" && export SEGX_TEST_POSTGRES_URL
+# SEGX_CI_STOP: a file to which the command stopping the server is appended (.ci/run runs it on exit).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 
@@ -20,4 +21,5 @@ port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)
 as_postgres "$bindir/initdb" -D "$data/db" -U postgres --auth=trust >&2
 as_postgres "$bindir/pg_ctl" -D "$data/db" -w -l "$data/server.log" -o "-c listen_addresses=127.0.0.1 -p $port -k $data" start >&2
 as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres segx_search >&2
+[ -z "${SEGX_CI_STOP:-}" ] || echo "$(declare -f as_postgres); as_postgres '$bindir/pg_ctl' -D '$data/db' -m fast stop >/dev/null" >>"$SEGX_CI_STOP"
 echo "postgresql+psycopg2://postgres@127.0.0.1:$port/segx_search"
